@@ -32,6 +32,8 @@ __all__ = [
     "parse_market1501",
     "parse_msmt17",
     "parse_three_folders",
+    "merge_train_sources",
+    "read_market_folder",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
@@ -73,7 +75,13 @@ class ReidSplits:
         counts them as one extra id, e.g. 751 instead of 750 for the Market gallery).
         """
         rows = []
-        for subset, records in (("train", self.train), ("query", self.query), ("gallery", self.gallery)):
+        subsets = [("train", self.train), ("query", self.query), ("gallery", self.gallery)]
+        train_sources = sorted({r.source for r in self.train})
+        if len(train_sources) > 1:  # multi-source training: one row per source, then the total
+            subsets[0:0] = [(f"train ({source})", [r for r in self.train if r.source == source])
+                            for source in train_sources]
+            subsets[len(train_sources)] = ("train (total)", self.train)
+        for subset, records in subsets:
             rows.append({
                 "subset": subset,
                 "identities": len({r.pid for r in records if not self._is_distractor(r, subset)}),
@@ -84,7 +92,7 @@ class ReidSplits:
 
     def _is_distractor(self, record: ImageRecord, subset: str) -> bool:
         # Train pids are relabelled 0..N-1, so no train record is a distractor.
-        return subset != "train" and self.distractor_pid is not None and record.pid == self.distractor_pid
+        return not subset.startswith("train") and self.distractor_pid is not None and record.pid == self.distractor_pid
 
     def format_table(self) -> str:
         """Printable statistics table: subset | # identities | # images | # cameras."""
@@ -194,7 +202,9 @@ def _parse_market_name(file_name: str, folder: Path) -> tuple[int, int]:
     return pid, camera
 
 
-def _read_market_folder(folder: Path, source: str) -> list[ImageRecord]:
+def read_market_folder(folder, source: str) -> list[ImageRecord]:
+    """Records of one folder of Market-style named images (junk pid -1 dropped)."""
+    folder = Path(folder)
     records = []
     for file_name in _list_images(folder):
         pid, camera = _parse_market_name(file_name, folder)
@@ -204,24 +214,71 @@ def _read_market_folder(folder: Path, source: str) -> list[ImageRecord]:
     return records
 
 
+def parse_folders(train_dirs, query_dir, gallery_dir, name: str) -> ReidSplits:
+    """Market-style named images in explicitly named folders (TAO's ``dataset`` section).
+
+    ``train_dirs`` is one folder or a list of them; several folders are trained on together
+    with identities and cameras kept apart (:func:`merge_train_sources`), each record's
+    ``source`` naming the dataset folder it came from.
+    """
+    single = isinstance(train_dirs, (str, os.PathLike))
+    train_dirs = [Path(train_dirs)] if single else [Path(d) for d in train_dirs]
+    sources = []
+    for index, folder in enumerate(train_dirs):
+        source = name if single else _source_name(folder, index, train_dirs)
+        records = _drop_distractors(read_market_folder(folder, source), "train", str(folder),
+                                    DISTRACTOR_PID)
+        _require_nonempty(records, "train", str(folder))
+        sources.append(records)
+    query = _drop_distractors(read_market_folder(query_dir, name), "query", str(query_dir), DISTRACTOR_PID)
+    gallery = read_market_folder(gallery_dir, name)
+    _require_nonempty(query, "query", str(query_dir))
+    _require_nonempty(gallery, "gallery", str(gallery_dir))
+    _warn_query_ids_missing_from_gallery(query, gallery, name)
+    return ReidSplits(train=merge_train_sources(sources), query=query, gallery=gallery, name=name,
+                      distractor_pid=DISTRACTOR_PID)
+
+
+def _source_name(folder: Path, index: int, folders: list[Path]) -> str:
+    """The dataset folder's name (parent of the train folder), made unique among the sources."""
+    names = [f.resolve().parent.name for f in folders]
+    base = names[index] or str(folder)
+    return base if names.count(names[index]) == 1 else f"{base}#{index + 1}"
+
+
 def parse_three_folders(root, train_dir: str = "train", query_dir: str = "query",
                         gallery_dir: str = "test", name: str | None = None) -> ReidSplits:
-    """Parse a dataset stored as three folders of Market-style named images.
+    """Parse a dataset stored as three folders of Market-style named images under ``root``.
 
     ``name`` defaults to the root folder's name; it becomes every record's ``source``.
     """
     root = Path(root)
-    name = name or root.resolve().name
-    folders = (root / train_dir, root / query_dir, root / gallery_dir)
-    train, query, gallery = (_read_market_folder(folder, name) for folder in folders)
-    return _build_splits(train, query, gallery, name, tuple(str(f) for f in folders),
-                         distractor_pid=DISTRACTOR_PID)
+    return parse_folders(root / train_dir, root / query_dir, root / gallery_dir,
+                         name or root.resolve().name)
 
 
 def parse_market1501(root, train_dir: str = "bounding_box_train", query_dir: str = "query",
                      gallery_dir: str = "bounding_box_test", name: str = "market1501") -> ReidSplits:
     """Parse Market-1501 (``root`` holds bounding_box_train / query / bounding_box_test)."""
     return parse_three_folders(root, train_dir, query_dir, gallery_dir, name)
+
+
+def merge_train_sources(sources: list[list[ImageRecord]]) -> list[ImageRecord]:
+    """Union of several training sets with identities and cameras kept apart.
+
+    Each source's pids are relabelled to a contiguous block after the previous source's
+    (so the same number in two datasets never names one person), and its cameras are
+    offset the same way (camera 1 of Market-1501 is not camera 1 of another set).
+    """
+    merged: list[ImageRecord] = []
+    pid_offset = camera_offset = 0
+    for records in sources:
+        records = _relabel_train(records)
+        merged += [ImageRecord(r.path, r.pid + pid_offset, r.camid + camera_offset, r.source)
+                   for r in records]
+        pid_offset += len({r.pid for r in records})
+        camera_offset += max(r.camid for r in records) + 1
+    return merged
 
 
 # --------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ import torch
 __all__ = [
     "RankingResult",
     "evaluate_ranking",
+    "evaluate_ranking_chunks",
     "evaluate_ranking_from_features",
     "pairwise_distance",
 ]
@@ -324,6 +325,49 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
             for start in range(0, num_query, step)
         ]
     return _summarise(chunks, max_rank)
+
+
+def evaluate_ranking_chunks(chunks: Iterable, q_pids, g_pids, q_camids, g_camids,
+                            max_rank: int = 50, *, chunk_size: int | None = None) -> RankingResult:
+    """``evaluate_ranking`` for a distance matrix delivered in blocks of query rows.
+
+    ``chunks`` yields ``(rows, dist_block)``: ``rows`` a slice (or range) of query indices,
+    ``dist_block`` its (len(rows), num_gallery) distances. Blocks must be consecutive,
+    start at query 0 and cover every query once, e.g. the output of
+    ``finetune.reranking.iter_re_ranking_from_features``. Only one block is held at a
+    time; the result equals ``evaluate_ranking`` on the stacked blocks.
+    """
+    num_query = _as_id_vector("q_pids", q_pids, len(q_pids), "itself", torch.device("cpu")).shape[0]
+    q_pids_t = q_cams_t = g_pids_t = g_cams_t = None
+    expected_start, results = 0, []
+    with torch.no_grad():
+        for rows, block in chunks:
+            dist = _as_distance_tensor(block)
+            start, stop = (rows.start or 0), rows.stop
+            if getattr(rows, "step", None) not in (None, 1) or start != expected_start \
+                    or stop - start != dist.shape[0] or stop > num_query:
+                raise ValueError(
+                    f"chunk rows {rows} with a {tuple(dist.shape)} block: expected consecutive query "
+                    f"rows starting at {expected_start}, within {num_query} queries")
+            if q_pids_t is None:  # the first block fixes the gallery size and the device
+                num_gallery, device = dist.shape[1], dist.device
+                q_pids_t = _as_id_vector("q_pids", q_pids, num_query, "the queries", device)
+                q_cams_t = _as_id_vector("q_camids", q_camids, num_query, f"q_pids ({num_query},)", device)
+                g_pids_t = _as_id_vector("g_pids", g_pids, num_gallery, f"distance blocks {tuple(dist.shape)}", device)
+                g_cams_t = _as_id_vector("g_camids", g_camids, num_gallery, f"distance blocks {tuple(dist.shape)}", device)
+                max_rank = _checked_max_rank(max_rank, num_gallery)
+                step = _checked_chunk_size(chunk_size, num_gallery)
+            elif dist.shape[1] != num_gallery:
+                raise ValueError(f"distance blocks disagree on the gallery size: {num_gallery} then {dist.shape[1]}")
+            dist = dist.to(device)
+            for offset in range(0, dist.shape[0], step):
+                first = start + offset
+                results.append(_rank_chunk(dist[offset:offset + step], q_pids_t[first:first + step],
+                                           q_cams_t[first:first + step], g_pids_t, g_cams_t))
+            expected_start = stop
+    if expected_start != num_query:
+        raise ValueError(f"distance blocks covered {expected_start} of {num_query} queries")
+    return _summarise(results, max_rank)
 
 
 def _as_feature_tensor(name: str, feats) -> torch.Tensor:

@@ -1,66 +1,268 @@
 """Stage 2: ReID fine-tuning of the shared Swin backbone (ID + triplet + center losses).
 
-    accelerate launch finetune/run.py --config configs/finetune/synthetic_tiny.yaml [--dry-run] [key=value ...]
+    accelerate launch finetune/run.py --config configs/finetune/synthetic_tiny.yaml [--dry-run] [--resume] [key=value ...]
 
-The training loop arrives with the fine-tune issue (#3); today the script reads the
-datasets and builds the backbone from the config (a TAO ReIdentificationNet spec), and
-with ``--dry-run`` prints the dataset statistics and the resolved config and exits 0.
+The config is a TAO ReIdentificationNet (Transformer) experiment spec. The loop reads like
+single-device code; Accelerate owns devices, DDP, mixed precision, gradient accumulation,
+trackers and checkpoint state. Outputs go to ``train.results_dir`` (default
+``<results_dir>/train``): ``config.yaml``, ``log.jsonl``, TensorBoard events,
+``metrics.json``, ``model.safetensors`` and ``checkpoints/epoch_NNN`` (accelerate state).
+
+Where TAO / SOLIDER-REID are broken this loop differs on purpose: the center loss has
+its own optimizer that is stepped every iteration (TAO never steps it), on the
+embedding's real dimension (SOLIDER-REID hard-codes 2048), and ``--resume`` continues at
+the saved epoch with the optimizer, schedule, center optimizer and RNG state.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from backbone import build_backbone
-from common.config import add_config_args, format_config, parse_config_from_args
-from finetune.config import DatasetConfig, FinetuneConfig, ModelConfig
-from finetune.datasets import ReidSplits, parse_msmt17, parse_three_folders
+from common.config import add_config_args, config_to_dict, format_config, parse_config_from_args, save_resolved_config
+from common.io import atomic_write_json
+from finetune.config import DatasetConfig, FinetuneConfig
+from finetune.data import ImageDataset, collate, train_transform
+from finetune.datasets import ReidSplits, parse_folders, parse_msmt17
+from finetune.evaluation import evaluate_query_gallery
+from finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
+from finetune.model import ReidModel, save_reid_model
+from finetune.optim import build_optimizer, build_scheduler
+from finetune.sampler import IdentityBatchSampler
 
 
 def load_splits(cfg: DatasetConfig) -> ReidSplits:
     """The train / query / gallery records named by the TAO ``dataset`` section."""
-    if isinstance(cfg.train_dataset_dir, list):
-        raise SystemExit("dataset.train_dataset_dir: multi-source training (a list of folders) "
-                         "is not implemented yet (fine-tune issue #3); give one folder")
     if cfg.train_dataset_dir is None:
         raise SystemExit("config error: dataset.train_dataset_dir is not set")
     if cfg.dataset_kind == "msmt17":
+        if isinstance(cfg.train_dataset_dir, list):
+            raise SystemExit("config error: dataset_kind=msmt17 reads one MSMT17 release folder; "
+                             "dataset.train_dataset_dir must be a single path")
         return parse_msmt17(cfg.train_dataset_dir)
-    missing = [k for k in ("query_dataset_dir", "test_dataset_dir") if getattr(cfg, k) is None]
-    if missing:
-        raise SystemExit(f"config error: dataset.{missing[0]} is not set")
-    # TAO names the three folders directly; absolute or relative to the working directory.
-    return parse_three_folders(".", train_dir=cfg.train_dataset_dir, query_dir=cfg.query_dataset_dir,
-                               gallery_dir=cfg.test_dataset_dir, name=cfg.dataset_kind)
+    for key in ("query_dataset_dir", "test_dataset_dir"):
+        if getattr(cfg, key) is None:
+            raise SystemExit(f"config error: dataset.{key} is not set")
+    return parse_folders(cfg.train_dataset_dir, cfg.query_dataset_dir, cfg.test_dataset_dir,
+                         name=cfg.dataset_kind)
 
 
-def build_model_backbone(cfg: ModelConfig):
-    checkpoint = cfg.pretrained_model_path
-    if checkpoint is not None and cfg.pretrain_choice == "imagenet":
+def build_model(cfg: FinetuneConfig, num_classes: int) -> ReidModel:
+    m = cfg.model
+    if m.pretrained_model_path is not None and m.pretrain_choice == "imagenet":
         raise SystemExit("model.pretrain_choice=imagenet: loading ImageNet Swin checkpoints is not "
                          "implemented yet (deployment issue #7); use pretrain_choice=self or "
                          "pretrained_model_path=null")
-    return build_backbone(cfg.backbone, img_size=(cfg.input_height, cfg.input_width),
-                          checkpoint=checkpoint, semantic_weight=cfg.semantic_weight,
-                          drop_path_rate=cfg.drop_path, grad_checkpointing=cfg.grad_checkpointing)
+    backbone = build_backbone(m.backbone, img_size=(m.input_height, m.input_width),
+                              checkpoint=m.pretrained_model_path, semantic_weight=m.semantic_weight,
+                              drop_path_rate=m.drop_path, grad_checkpointing=m.grad_checkpointing)
+    return ReidModel(backbone, num_classes, reduce_feat_dim=m.reduce_feat_dim, feat_dim=m.feat_dim,
+                     neck=m.neck, neck_feat=m.neck_feat, dropout_rate=m.dropout_rate,
+                     id_loss_type=m.id_loss_type, cosine_scale=cfg.train.optim.cosine_scale,
+                     cosine_margin=cfg.train.optim.cosine_margin)
+
+
+class Progress:
+    """Epochs finished; saved with the accelerate state so ``--resume`` continues there."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    found = sorted(checkpoint_dir.glob("epoch_[0-9][0-9][0-9]*"))
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int) -> Path:
+    """accelerate state into a temporary folder, renamed into place once complete."""
+    final = checkpoint_dir / f"epoch_{epoch:03d}"
+    partial = checkpoint_dir / f".epoch_{epoch:03d}.partial"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+    accelerator.wait_for_everyone()
+    return final
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the latest checkpoint in the results folder")
     args = parser.parse_args(argv)
     cfg = parse_config_from_args(FinetuneConfig, args)
+    out_dir = Path(cfg.train.results_dir or Path(cfg.results_dir) / "train")
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        log_with=None if args.dry_run else "tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
+    )
+    main_process = accelerator.is_main_process
+    if cfg.train.seed >= 0:
+        set_seed(cfg.train.seed)
 
     splits = load_splits(cfg.dataset)
-    print(splits.format_table())
-    backbone = build_model_backbone(cfg.model)
+    num_classes = len({r.pid for r in splits.train})
+    model = build_model(cfg, num_classes)
+    if main_process:
+        print(splits.format_table())
+
+    world = accelerator.num_processes
+    if cfg.dataset.batch_size % (world * cfg.dataset.num_instances):
+        raise SystemExit(f"config error: dataset.batch_size={cfg.dataset.batch_size} must split into "
+                         f"{world} processes x a multiple of dataset.num_instances={cfg.dataset.num_instances}")
+    size = (cfg.model.input_height, cfg.model.input_width)
+    sampler = IdentityBatchSampler([r.pid for r in splits.train], cfg.dataset.batch_size // world,
+                                   cfg.dataset.num_instances, seed=max(cfg.train.seed, 0),
+                                   rank=accelerator.process_index, world_size=world)
+    augment = train_transform(size, cfg.dataset.pixel_mean, cfg.dataset.pixel_std, flip_prob=cfg.dataset.prob,
+                              padding=cfg.dataset.padding, erase_prob=cfg.dataset.re_prob)
+    # The identity sampler already gives each process its own batches, so the loader is not
+    # passed through accelerator.prepare (which would shard it a second time).
+    loader = DataLoader(ImageDataset(splits.train, augment), batch_sampler=sampler,
+                        num_workers=cfg.dataset.num_workers, collate_fn=collate)
+
+    optim_cfg = cfg.train.optim
+    use_id_loss = "softmax" in cfg.dataset.sampler
+    use_triplet = "triplet" in cfg.dataset.sampler and "triplet" in cfg.model.metric_loss_type
+    triplet = TripletLoss(None if cfg.model.no_margin else optim_cfg.triplet_loss_margin,
+                          normalize_features=optim_cfg.trp_l2)
+    label_smoothing = cfg.model.label_smooth_epsilon if cfg.model.label_smooth else 0.0
+    optimizer = build_optimizer(model, optim_cfg)
+    scheduler = build_scheduler(optimizer, optim_cfg, cfg.train.num_epochs)
+    progress = Progress()
 
     if args.dry_run:
-        print(format_config(cfg), end="")
-        params = sum(p.numel() for p in backbone.parameters())
-        print(f"# backbone: {cfg.model.backbone}, {params / 1e6:.2f} M parameters")
+        if main_process:
+            print(format_config(cfg), end="")
+            params = sum(p.numel() for p in model.parameters())
+            print(f"# model: {cfg.model.backbone} + head, {params / 1e6:.2f} M parameters, "
+                  f"{num_classes} identities, {len(sampler)} steps per epoch on {world} process(es)")
         return 0
-    raise SystemExit("finetune/run.py: the training loop is not implemented yet (issue #3); "
-                     "use --dry-run to check a config")
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    center_loss = center_optimizer = None
+    if cfg.model.with_center_loss:
+        center_loss = CenterLoss(num_classes, accelerator.unwrap_model(model).embedding_dim)
+        center_optimizer = torch.optim.SGD(center_loss.parameters(), lr=optim_cfg.center_lr)
+        center_loss, center_optimizer = accelerator.prepare(center_loss, center_optimizer)
+    accelerator.register_for_checkpointing(scheduler, progress)
+
+    checkpoint_dir = out_dir / "checkpoints"
+    resume_from = cfg.train.resume_training_checkpoint_path
+    if args.resume and resume_from is None:
+        resume_from = latest_checkpoint(checkpoint_dir)
+        if resume_from is None:
+            raise SystemExit(f"--resume: no checkpoint found in {checkpoint_dir}")
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        if main_process:
+            print(f"resumed from {resume_from} at epoch {progress.epoch}")
+    scheduler.step(progress.epoch)
+
+    if main_process:
+        save_resolved_config(cfg, out_dir)
+        print(f"training on {world} process(es): {cfg.dataset.batch_size // world} images per process "
+              f"per step, {len(sampler)} steps per epoch, {num_classes} identities")
+    accelerator.init_trackers("finetune")
+    log_path = out_dir / "log.jsonl"
+
+    for epoch in range(progress.epoch, cfg.train.num_epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        sums, count, started = defaultdict(float), 0, time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=not main_process)
+        modules = [model] + ([center_loss] if center_loss is not None else [])
+        for images, pids, _, _ in bar:
+            images, pids = images.to(accelerator.device), pids.to(accelerator.device)
+            with accelerator.accumulate(*modules):
+                out = model(images, pids)
+                parts = {}
+                if use_id_loss:
+                    parts["id"] = cfg.model.id_loss_weight * id_loss(out.logits, pids, label_smoothing)
+                if use_triplet:
+                    parts["triplet"] = cfg.model.triplet_loss_weight * triplet(out.features, pids)
+                if center_loss is not None:
+                    parts["center"] = optim_cfg.center_loss_weight * center_loss(out.features, pids)
+                loss = sum(parts.values())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.train.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad()
+                if center_loss is not None:
+                    if accelerator.sync_gradients:
+                        scale_center_gradients(center_loss, optim_cfg.center_loss_weight)
+                    center_optimizer.step()
+                    center_optimizer.zero_grad()
+            sums["loss"] += loss.item()
+            for name, value in parts.items():
+                sums[f"loss_{name}"] += value.item()
+            sums["id_accuracy"] += (out.logits.argmax(1) == pids).float().mean().item()
+            count += 1
+            bar.set_postfix(loss=f"{sums['loss'] / count:.3f}")
+
+        scheduler.step(epoch + 1)
+        progress.epoch = epoch + 1
+        record = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
+                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - started,
+                  "images_per_second": count * images.shape[0] * world / (time.time() - started)}
+
+        last_epoch = epoch + 1 == cfg.train.num_epochs
+        if (epoch + 1) % cfg.train.validation_interval == 0 or last_epoch:
+            accelerator.wait_for_everyone()
+            if main_process:
+                result = evaluate_query_gallery(
+                    accelerator.unwrap_model(model), splits.query, splits.gallery,
+                    max_rank=max(cfg.re_ranking.max_rank, 10), size=size, mean=cfg.dataset.pixel_mean,
+                    std=cfg.dataset.pixel_std, batch_size=cfg.dataset.val_batch_size,
+                    device=accelerator.device, flip=cfg.model.with_flip_feature,
+                    num_workers=cfg.dataset.num_workers)
+                metrics = {"epoch": epoch + 1, **result.as_percent_dict(),
+                           "num_valid_queries": result.num_valid_queries}
+                atomic_write_json(out_dir / "metrics.json", metrics)
+                record.update({k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")})
+                print(f"epoch {epoch + 1}: mAP {metrics['mAP']:.1f}  rank-1 {metrics['rank1']:.1f}  "
+                      f"rank-5 {metrics['rank5']:.1f}  rank-10 {metrics['rank10']:.1f}  mINP {metrics['mINP']:.1f}")
+            accelerator.wait_for_everyone()
+
+        if main_process:
+            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
+        if (epoch + 1) % cfg.train.checkpoint_interval == 0 or last_epoch:
+            save_checkpoint(accelerator, checkpoint_dir, epoch + 1)
+            if main_process:
+                save_reid_model(accelerator.unwrap_model(model), out_dir / "model.safetensors",
+                                config_to_dict(cfg.model), num_classes, epoch=epoch + 1)
+
+    accelerator.end_training()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,120 @@
+"""The ReID network: shared Swin backbone -> [Linear to feat_dim] -> BNNeck -> identity classifier.
+
+Layout as SOLIDER-REID's ``build_transformer`` and TAO's ReIdentificationNet Transformer:
+the pooled backbone feature is optionally projected to ``feat_dim`` (no bias), passed
+through a BatchNorm1d whose bias is frozen (the "BNNeck" of bag-of-tricks), then a
+bias-free linear classifier. The triplet and center losses see the feature before the
+BNNeck; the embedding used at test time is taken before or after it (``neck_feat``).
+"""
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from backbone import SwinBackbone
+from common.io import atomic_path
+
+
+class ReidOutput(NamedTuple):
+    logits: torch.Tensor  # (B, num_classes) identity scores
+    features: torch.Tensor  # (B, D) before the BNNeck: triplet / center loss input
+    embedding: torch.Tensor  # (B, D) the test-time embedding (neck_feat)
+
+
+class MarginClassifier(nn.Module):
+    """Cosine classifier with an additive margin on the true class (CosFace/AM-Softmax or ArcFace)."""
+
+    def __init__(self, in_dim: int, num_classes: int, kind: str, scale: float, margin: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim))
+        nn.init.xavier_uniform_(self.weight)
+        self.kind, self.scale, self.margin = kind, scale, margin
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        cosine = F.linear(F.normalize(x.float()), F.normalize(self.weight.float()))
+        if labels is None:
+            return cosine * self.scale
+        target = F.one_hot(labels, cosine.shape[1]).bool()
+        if self.kind == "arcface":
+            theta = torch.acos(cosine.clamp(-1 + 1e-7, 1 - 1e-7))
+            with_margin = torch.cos(theta + self.margin)
+        else:  # cosface / amsoftmax: cos(theta) - m
+            with_margin = cosine - self.margin
+        return torch.where(target, with_margin, cosine) * self.scale
+
+
+class ReidModel(nn.Module):
+    def __init__(self, backbone: SwinBackbone, num_classes: int, *, reduce_feat_dim: bool = True,
+                 feat_dim: int = 256, neck: str = "bnneck", neck_feat: str = "after",
+                 dropout_rate: float = 0.0, id_loss_type: str = "softmax",
+                 cosine_scale: float = 30.0, cosine_margin: float = 0.5):
+        super().__init__()
+        self.backbone = backbone
+        dim = backbone.num_features
+        self.reduction = None
+        if reduce_feat_dim:
+            self.reduction = nn.Linear(dim, feat_dim, bias=False)
+            nn.init.xavier_uniform_(self.reduction.weight)
+            dim = feat_dim
+        self.embedding_dim = dim
+        self.neck_feat = neck_feat
+        self.bottleneck = None
+        if neck == "bnneck":
+            self.bottleneck = nn.BatchNorm1d(dim)
+            self.bottleneck.bias.requires_grad_(False)  # bag-of-tricks: BNNeck without shift
+        self.dropout = nn.Dropout(dropout_rate)
+        if id_loss_type == "softmax":
+            self.classifier = nn.Linear(dim, num_classes, bias=False)
+            nn.init.normal_(self.classifier.weight, std=0.001)
+        elif id_loss_type in ("arcface", "cosface", "amsoftmax"):
+            self.classifier = MarginClassifier(dim, num_classes, id_loss_type, cosine_scale, cosine_margin)
+        else:
+            raise ValueError(f"model.id_loss_type={id_loss_type!r} is not supported "
+                             "(softmax, arcface, cosface, amsoftmax)")
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        """Training: ``ReidOutput``; evaluation: the embedding tensor only (what ONNX exports)."""
+        features = self.backbone(images).pooled
+        if self.reduction is not None:
+            features = self.reduction(features)
+        normed = self.bottleneck(features) if self.bottleneck is not None else features
+        embedding = normed if self.neck_feat == "after" else features
+        if not self.training:
+            return embedding
+        scores_in = self.dropout(normed)
+        if isinstance(self.classifier, MarginClassifier):
+            logits = self.classifier(scores_in, labels)
+        else:
+            logits = self.classifier(scores_in)
+        return ReidOutput(logits, features, embedding)
+
+
+def flip_averaged_embedding(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Mean of the embeddings of the images and their mirror images (``with_flip_feature``)."""
+    return 0.5 * (model(images) + model(torch.flip(images, dims=[3])))
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+
+
+# --- saving / loading a trained ReID model ------------------------------------------------
+
+MODEL_FORMAT = "solider-reid-toolkit/reid-model"
+
+
+def save_reid_model(model: ReidModel, path, model_config: dict, num_classes: int, **extra) -> None:
+    """Weights + how to rebuild them (the ``model`` config section) in one safetensors file."""
+    metadata = {"format": MODEL_FORMAT, "model_config": json.dumps(model_config),
+                "num_classes": str(num_classes), "embedding_dim": str(model.embedding_dim)}
+    metadata.update({k: json.dumps(v) for k, v in extra.items()})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)

@@ -1,0 +1,71 @@
+"""P x K identity sampling, split across processes without overlap.
+
+Every step each process gets P identities x K images (SOLIDER-REID / TAO
+``RandomIdentitySampler``, bag-of-tricks). Identities with fewer than K images are
+sampled with replacement. One global batch of ``world_size * P`` identities is drawn per
+step and each process takes its own contiguous slice of identities, so no image group is
+seen twice in a step and every process sees the same number of batches (DDP never waits
+on a rank that ran out). The order is a pure function of (seed, epoch): resuming at an
+epoch boundary replays it exactly.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator, Sequence
+
+import numpy as np
+
+
+class IdentityBatchSampler:
+    """Yields lists of dataset indices, ``ids_per_batch * num_instances`` per batch, for one rank."""
+
+    def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % num_instances:
+            raise ValueError(f"per-process batch size {batch_size} is not a multiple of "
+                             f"num_instances={num_instances}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.index_by_pid: dict[int, list[int]] = defaultdict(list)
+        for index, pid in enumerate(pids):
+            self.index_by_pid[int(pid)].append(index)
+        self.pids = sorted(self.index_by_pid)
+        self.num_instances = num_instances
+        self.ids_per_rank = batch_size // num_instances
+        self.ids_per_step = self.ids_per_rank * world_size
+        if len(self.pids) < self.ids_per_step:
+            raise ValueError(f"{len(self.pids)} identities cannot fill a step of {self.ids_per_step} "
+                             f"identities ({world_size} processes x {self.ids_per_rank}); lower the "
+                             "batch size or raise num_instances")
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_steps(self) -> list[list[list[int]]]:
+        """The epoch's steps, each a list of ``ids_per_step`` groups of K indices."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        groups_by_pid = {}
+        for pid in self.pids:
+            indices = self.index_by_pid[pid]
+            replace = len(indices) < self.num_instances
+            count = self.num_instances if replace else len(indices)
+            drawn = rng.choice(indices, size=count, replace=replace).tolist()
+            whole = len(drawn) // self.num_instances * self.num_instances
+            groups_by_pid[pid] = [drawn[i:i + self.num_instances] for i in range(0, whole, self.num_instances)]
+        steps = []
+        available = [pid for pid in self.pids if groups_by_pid[pid]]
+        while len(available) >= self.ids_per_step:
+            chosen = rng.choice(len(available), size=self.ids_per_step, replace=False)
+            steps.append([groups_by_pid[available[i]].pop() for i in chosen])
+            available = [pid for pid in available if groups_by_pid[pid]]
+        return steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        start = self.rank * self.ids_per_rank
+        for step in self._global_steps():
+            yield [index for group in step[start:start + self.ids_per_rank] for index in group]
+
+    def __len__(self) -> int:
+        return len(self._global_steps())
