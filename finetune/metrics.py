@@ -46,9 +46,9 @@ __all__ = [
     "pairwise_distance",
 ]
 
-# Query x gallery entries handled per chunk. An entry costs ~12 bytes of masks and
-# temporaries, plus ~40 bytes if it has to be sorted (worst case: every entry), so a
-# chunk needs at most ~200 MB besides its distances.
+# Query x gallery entries handled per chunk. An entry costs 2 bytes of mask and label,
+# plus ~40 bytes if it has to be sorted or if query and gallery entry share a person id
+# (worst case: every entry), so a chunk needs at most ~200 MB besides its distances.
 _ENTRIES_PER_CHUNK = 1 << 22
 
 # Rank cut-offs reported by RankingResult.as_percent_dict (when <= max_rank).
@@ -157,6 +157,13 @@ def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask.reshape(-1)).squeeze(1)
 
 
+def _at_most(dist: torch.Tensor, row_limit: torch.Tensor) -> torch.Tensor:
+    """Mask of the entries of ``dist`` that are <= their row's limit."""
+    if _numpy_backed(dist):
+        return torch.from_numpy(np.less_equal(dist.numpy(), row_limit.numpy()[:, None]))
+    return dist <= row_limit.unsqueeze(1)
+
+
 def _take_flat(values: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
     """``values.reshape(-1)[flat_index]``."""
     if _numpy_backed(values):
@@ -195,6 +202,45 @@ def _candidates_in_rank_order(dist: torch.Tensor, candidate: torch.Tensor):
     return rows[order], flat[order]
 
 
+@dataclass(frozen=True)
+class _Gallery:
+    """Gallery ids, with the gallery indices grouped by person id."""
+
+    camids: torch.Tensor       # int64, (num_gallery,)
+    index_by_pid: torch.Tensor  # gallery indices sorted by person id (stable)
+    sorted_pids: torch.Tensor   # the person ids in that order
+
+    @classmethod
+    def of(cls, g_pids: torch.Tensor, g_camids: torch.Tensor) -> "_Gallery":
+        index_by_pid = torch.argsort(g_pids, stable=True)
+        return cls(g_camids, index_by_pid, g_pids[index_by_pid].contiguous())
+
+    def same_pid_pairs(self, q_pids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query row, gallery index) of every pair sharing a person id, ascending by
+        query, then by gallery index. Such pairs are few (a person has a handful of gallery
+        images), so listing them is much cheaper than a (queries, gallery) mask."""
+        first = torch.searchsorted(self.sorted_pids, q_pids, side="left")
+        count = torch.searchsorted(self.sorted_pids, q_pids, side="right") - first
+        rows = torch.repeat_interleave(torch.arange(q_pids.numel(), device=q_pids.device), count)
+        start_of_row = torch.cumsum(count, 0) - count
+        position = torch.arange(rows.numel(), device=q_pids.device) - start_of_row[rows] + first[rows]
+        return rows, self.index_by_pid[position]
+
+
+def _labels_at(num_entries: int, match_flat: torch.Tensor, junk_flat: torch.Tensor,
+               flat_index: torch.Tensor) -> torch.Tensor:
+    """Label (0 other, 1 true match, 2 junk) of each entry in ``flat_index``."""
+    if _numpy_backed(flat_index):
+        labels = np.zeros(num_entries, dtype=np.int8)
+        labels[match_flat.numpy()] = 1
+        labels[junk_flat.numpy()] = 2
+        return torch.from_numpy(labels[flat_index.numpy()])
+    labels = torch.zeros(num_entries, dtype=torch.int8, device=flat_index.device)
+    labels[match_flat] = 1
+    labels[junk_flat] = 2
+    return labels[flat_index]
+
+
 @dataclass
 class _ChunkStats:
     """Per-query results for one chunk; only valid queries are listed."""
@@ -206,7 +252,7 @@ class _ChunkStats:
 
 
 def _rank_chunk(dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tensor,
-                g_pids: torch.Tensor, g_camids: torch.Tensor) -> _ChunkStats:
+                gallery: _Gallery) -> _ChunkStats:
     """Rank the gallery for a chunk of queries and score each query.
 
     ``dist`` is (chunk, num_gallery). Everything is done with whole-chunk tensor ops;
@@ -221,21 +267,24 @@ def _rank_chunk(dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tensor
         empty = torch.zeros(0, dtype=torch.float64, device=dist.device)
         return _ChunkStats(empty, empty, torch.zeros(0, dtype=torch.int64, device=dist.device), num_queries)
 
-    same_pid = g_pids.unsqueeze(0) == q_pids.unsqueeze(1)
-    same_cam = g_camids.unsqueeze(0) == q_camids.unsqueeze(1)
-    true_match = same_pid & ~same_cam  # same person seen by another camera
-    junk = same_pid & same_cam         # same person, same camera: removed from the ranking
+    pair_rows, pair_cols = gallery.same_pid_pairs(q_pids)
+    same_cam = gallery.camids[pair_cols] == q_camids[pair_rows]
+    pair_flat = pair_rows * dist.shape[1] + pair_cols
+    match_rows = pair_rows[~same_cam]  # true match: same person seen by another camera
+    match_flat = pair_flat[~same_cam]
+    junk_flat = pair_flat[same_cam]    # junk: same person, same camera; removed from the ranking
 
     # Entries ranked after a query's hardest true match cannot change any of its metrics,
     # so only entries no farther than that match are ranked: for a trained model this is
-    # a small fraction of the gallery.
-    has_match = true_match.any(dim=1, keepdim=True)
-    hardest_match_dist = torch.where(true_match, dist, float("-inf")).amax(dim=1, keepdim=True)
-    rows, flat_index = _candidates_in_rank_order(dist, (dist <= hardest_match_dist) & has_match)
+    # a small fraction of the gallery. A query without true match gets NaN, which no
+    # distance compares <= to, so it has no entries.
+    hardest_match_dist = torch.full((num_queries,), float("nan"), dtype=dist.dtype, device=dist.device)
+    hardest_match_dist.scatter_reduce_(0, match_rows, _take_flat(dist, match_flat), "amax", include_self=False)
+    rows, flat_index = _candidates_in_rank_order(dist, _at_most(dist, hardest_match_dist))
 
-    is_hit = _take_flat(true_match, flat_index)
-    is_kept = (~_take_flat(junk, flat_index)).long()
-    del same_pid, same_cam, true_match, junk
+    labels = _labels_at(dist.numel(), match_flat, junk_flat, flat_index)
+    is_hit = labels == 1
+    is_kept = (labels != 2).long()
 
     # 1-based rank among a query's kept entries = kept entries so far in the flat list
     # minus those that belong to earlier queries (counted just before the query's first entry).
@@ -319,9 +368,10 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     step = _checked_chunk_size(chunk_size, num_gallery)
 
     with torch.no_grad():
+        gallery = _Gallery.of(g_pids_t, g_cams_t)
         chunks = [
             _rank_chunk(dist[start:start + step], q_pids_t[start:start + step],
-                        q_cams_t[start:start + step], g_pids_t, g_cams_t)
+                        q_cams_t[start:start + step], gallery)
             for start in range(0, num_query, step)
         ]
     return _summarise(chunks, max_rank)
@@ -337,8 +387,14 @@ def evaluate_ranking_chunks(chunks: Iterable, q_pids, g_pids, q_camids, g_camids
     ``finetune.reranking.iter_re_ranking_from_features``. Only one block is held at a
     time; the result equals ``evaluate_ranking`` on the stacked blocks.
     """
-    num_query = _as_id_vector("q_pids", q_pids, len(q_pids), "itself", torch.device("cpu")).shape[0]
-    q_pids_t = q_cams_t = g_pids_t = g_cams_t = None
+    try:
+        num_query = len(q_pids)
+    except TypeError:
+        raise ValueError(f"q_pids must be 1-D, got {q_pids!r}") from None
+    # Settings are checked now, before any block is computed; the ids with the first block.
+    _checked_max_rank(max_rank, 0)
+    _checked_chunk_size(chunk_size, 1)
+    q_pids_t = q_cams_t = gallery = None
     expected_start, results = 0, []
     with torch.no_grad():
         for rows, block in chunks:
@@ -349,21 +405,23 @@ def evaluate_ranking_chunks(chunks: Iterable, q_pids, g_pids, q_camids, g_camids
                 raise ValueError(
                     f"chunk rows {rows} with a {tuple(dist.shape)} block: expected consecutive query "
                     f"rows starting at {expected_start}, within {num_query} queries")
-            if q_pids_t is None:  # the first block fixes the gallery size and the device
+            if gallery is None:  # the first block fixes the gallery size and the device
                 num_gallery, device = dist.shape[1], dist.device
                 q_pids_t = _as_id_vector("q_pids", q_pids, num_query, "the queries", device)
                 q_cams_t = _as_id_vector("q_camids", q_camids, num_query, f"q_pids ({num_query},)", device)
-                g_pids_t = _as_id_vector("g_pids", g_pids, num_gallery, f"distance blocks {tuple(dist.shape)}", device)
-                g_cams_t = _as_id_vector("g_camids", g_camids, num_gallery, f"distance blocks {tuple(dist.shape)}", device)
+                blocks_shape = f"distance blocks {tuple(dist.shape)}"
+                gallery = _Gallery.of(_as_id_vector("g_pids", g_pids, num_gallery, blocks_shape, device),
+                                      _as_id_vector("g_camids", g_camids, num_gallery, blocks_shape, device))
                 max_rank = _checked_max_rank(max_rank, num_gallery)
                 step = _checked_chunk_size(chunk_size, num_gallery)
             elif dist.shape[1] != num_gallery:
-                raise ValueError(f"distance blocks disagree on the gallery size: {num_gallery} then {dist.shape[1]}")
+                raise ValueError(
+                    f"distance blocks disagree on the gallery size: {num_gallery} then {dist.shape[1]}")
             dist = dist.to(device)
             for offset in range(0, dist.shape[0], step):
-                first = start + offset
-                results.append(_rank_chunk(dist[offset:offset + step], q_pids_t[first:first + step],
-                                           q_cams_t[first:first + step], g_pids_t, g_cams_t))
+                part = dist[offset:offset + step]
+                queries = slice(start + offset, start + offset + part.shape[0])
+                results.append(_rank_chunk(part, q_pids_t[queries], q_cams_t[queries], gallery))
             expected_start = stop
     if expected_start != num_query:
         raise ValueError(f"distance blocks covered {expected_start} of {num_query} queries")
@@ -446,9 +504,9 @@ def evaluate_ranking_from_features(q_feats, g_feats, q_pids, g_pids, q_camids, g
     step = _checked_chunk_size(chunk_size, num_gallery)
 
     with torch.no_grad():
+        gallery_ids = _Gallery.of(g_pids_t, g_cams_t)
         chunks = [
-            _rank_chunk(block, q_pids_t[start:start + step], q_cams_t[start:start + step],
-                        g_pids_t, g_cams_t)
+            _rank_chunk(block, q_pids_t[start:start + step], q_cams_t[start:start + step], gallery_ids)
             for start, block in _distance_chunks(query, gallery, metric, step)
         ]
     return _summarise(chunks, max_rank)

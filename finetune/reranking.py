@@ -4,9 +4,9 @@ Zhong, Zheng, Cao and Li, "Re-ranking Person Re-identification with k-reciprocal
 Encoding", CVPR 2017.
 
 ``re_ranking`` reproduces the python ``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1, k2,
-lambda_value)`` distributed with the paper's code and used by torchreid
-(``torchreid/utils/rerank.py``) and fast-reid: same inputs, same steps, same float32
-result up to rounding. With N = num_query + num_gallery items:
+lambda_value)`` derived from the paper's code (Luo Hao, Houjing Huang) as shipped by
+torchreid (``torchreid/utils/rerank.py``): same inputs, same steps, same float32 result
+up to rounding. With N = num_query + num_gallery items:
 
 1. original distance: the (N, N) matrix [[q_q, q_g], [q_g^T, g_g]], squared, each column
    divided by its maximum, then transposed (row i is column i scaled into [0, 1]);
@@ -38,6 +38,8 @@ are computed from the features, and the query x gallery result is produced one b
 queries at a time. The distance is the squared euclidean distance of L2-normalised
 features, the distance of the paper's feature-based code (``re_ranking_feature.py``),
 i.e. the result equals ``re_ranking`` fed with plain (not squared) euclidean distances.
+That distance is symmetric, so each row is divided by its own maximum (the column
+maximum of the reference), and an item's distance to itself is set to exactly 0.
 """
 from __future__ import annotations
 
@@ -57,8 +59,9 @@ __all__ = ["re_ranking", "re_ranking_from_features", "iter_re_ranking_from_featu
 _ENTRIES_PER_BLOCK = 1 << 25
 # Source rows per transposed copy: narrow column strips keep the strided writes in cache.
 _ROWS_PER_TRANSPOSED_COPY = 1024
-# Rows per step when building V; the overlap test of a row costs ~k1^3 / 2 bytes.
-_ROWS_PER_ENCODING_STEP = 4096
+# Budget of one step of building V: the overlap test of a row compares (k1 + 1)^2 *
+# (k1 / 2 + 1) pairs (4.9k for k1 = 20), so a step takes ~2^24 / that many rows.
+_OVERLAP_TESTS_PER_STEP = 1 << 24
 # (query, gallery item, shared weight) triplets expanded at once in the Jaccard step.
 _TRIPLETS_PER_STEP = 1 << 23
 
@@ -111,9 +114,10 @@ def _smallest_in_order(block: torch.Tensor, k: int) -> torch.Tensor:
     index = index.gather(1, order)
     if take > k:
         # The k-th smallest equals the next one: which tied columns topk kept is arbitrary,
-        # so rank those (rare) rows completely.
-        for row in torch.nonzero(values[:, k] == values[:, k - 1]).flatten().tolist():
-            index[row] = torch.argsort(block[row], stable=True)[:take]
+        # so sort those (rare) rows completely.
+        tied = torch.nonzero(values[:, k] == values[:, k - 1]).flatten()
+        if tied.numel():
+            index[tied] = torch.sort(block[tied], dim=1, stable=True).indices[:, :take]
     return index[:, :k]
 
 
@@ -242,7 +246,7 @@ def _k_reciprocal_encoding(nearest: torch.Tensor, original, settings: _Settings)
     num_items = nearest.shape[0]
     k_full = min(settings.k1 + 1, num_items)
     k_half = min(settings.half_k1 + 1, num_items)
-    step = _ROWS_PER_ENCODING_STEP
+    step = max(1, _OVERLAP_TESTS_PER_STEP // (k_full * k_full * k_half))
     in_half_set = torch.cat([_reciprocal_mask(nearest, slice(s, min(s + step, num_items)), k_half)
                              for s in range(0, num_items, step)])
     half_set_size = in_half_set.sum(dim=1).double()
@@ -353,13 +357,14 @@ def _jaccard_blocks(encoding: scipy.sparse.csr_matrix, num_query: int, original,
 
 def _re_ranked_blocks(original, num_query: int, settings: _Settings,
                       step: int) -> Iterator[tuple[slice, np.ndarray]]:
-    with torch.no_grad():
-        nearest = original.nearest(settings.neighbours_needed(original.num_items))
-        encoding = _k_reciprocal_encoding(nearest, original, settings)
-        if settings.k2 != 1:
-            encoding = _local_query_expansion(encoding, nearest, settings.k2)
-        del nearest
-        yield from _jaccard_blocks(encoding, num_query, original, settings, step)
+    # No torch.no_grad() here: inside a generator it would leak into the caller between
+    # blocks. Inputs are detached on entry, so no autograd graph is built anyway.
+    nearest = original.nearest(settings.neighbours_needed(original.num_items))
+    encoding = _k_reciprocal_encoding(nearest, original, settings)
+    if settings.k2 != 1:
+        encoding = _local_query_expansion(encoding, nearest, settings.k2)
+    del nearest
+    yield from _jaccard_blocks(encoding, num_query, original, settings, step)
 
 
 # --------------------------------------------------------------------------------------
@@ -402,8 +407,7 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
             f"expected q_q_dist {(num_query, num_query)} and g_g_dist {(num_gallery, num_gallery)} "
             f"for q_g_dist {tuple(q_g.shape)}, got {tuple(q_q.shape)} and {tuple(g_g.shape)}")
     step = _checked_chunk_size(None, num_query + num_gallery)
-    with torch.no_grad():
-        original = _DenseOriginalDistance(q_g, q_q, g_g, step)
+    original = _DenseOriginalDistance(q_g, q_q, g_g, step)
     out = np.empty((num_query, num_gallery), dtype=np.float32)
     for rows, block in _re_ranked_blocks(original, num_query, settings, step):
         out[rows] = block

@@ -8,6 +8,7 @@ import torch
 from finetune.metrics import (
     RankingResult,
     evaluate_ranking,
+    evaluate_ranking_chunks,
     evaluate_ranking_from_features,
     pairwise_distance,
 )
@@ -287,3 +288,44 @@ def test_evaluate_from_features_equals_full_matrix():
     assert chunked.mAP == pytest.approx(full.mAP, abs=1e-6)
     assert chunked.mINP == pytest.approx(full.mINP, abs=1e-6)
     np.testing.assert_allclose(chunked.cmc, full.cmc, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Distance matrix delivered in blocks of query rows
+# --------------------------------------------------------------------------------------
+
+def row_blocks(dist, sizes):
+    start = 0
+    for size in sizes:
+        yield slice(start, start + size), dist[start:start + size]
+        start += size
+
+
+def test_chunks_equal_whole_matrix():
+    dist, *ids = random_problem(np.random.default_rng(12), num_query=57)
+    whole = evaluate_ranking(dist, *ids)
+    # Uneven blocks, a block larger than chunk_size, torch blocks and range rows.
+    for blocks in (row_blocks(dist, [10, 1, 30, 16]),
+                   ((range(r.start, r.stop), torch.from_numpy(b)) for r, b in row_blocks(dist, [57]))):
+        part = evaluate_ranking_chunks(blocks, *ids, chunk_size=7)
+        assert part.mAP == pytest.approx(whole.mAP, abs=1e-12)
+        assert part.mINP == pytest.approx(whole.mINP, abs=1e-12)
+        np.testing.assert_allclose(part.cmc, whole.cmc, atol=1e-12)
+        assert (part.num_valid_queries, part.num_skipped_queries) == \
+            (whole.num_valid_queries, whole.num_skipped_queries)
+
+
+def test_chunks_must_cover_the_queries_in_order():
+    dist, *ids = random_problem(np.random.default_rng(13), num_query=20)
+    with pytest.raises(ValueError, match="consecutive"):
+        evaluate_ranking_chunks([(slice(0, 10), dist[:10]), (slice(11, 20), dist[11:])], *ids)
+    with pytest.raises(ValueError, match="consecutive"):
+        evaluate_ranking_chunks([(slice(0, 10), dist[:9])], *ids)
+    with pytest.raises(ValueError, match="covered 10 of 20"):
+        evaluate_ranking_chunks(row_blocks(dist, [10]), *ids)
+    with pytest.raises(ValueError, match="gallery size"):
+        evaluate_ranking_chunks([(slice(0, 10), dist[:10]), (slice(10, 20), dist[10:, :-1])], *ids)
+    with pytest.raises(ValueError, match="g_pids"):
+        evaluate_ranking_chunks(row_blocks(dist[:, :-1], [20]), *ids)
+    with pytest.raises(ValueError, match="max_rank"):
+        evaluate_ranking_chunks(iter(()), *ids, max_rank=0)
