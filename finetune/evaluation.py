@@ -12,6 +12,7 @@ from finetune.data import ImageDataset, collate, test_transform
 from finetune.datasets import ImageRecord
 from finetune.metrics import RankingResult, evaluate_ranking, pairwise_distance
 from finetune.model import flip_averaged_embedding
+from finetune.reranking import re_ranking_from_features
 
 
 @torch.no_grad()
@@ -35,11 +36,20 @@ def extract_embeddings(model: torch.nn.Module, records: Sequence[ImageRecord], *
 
 def evaluate_query_gallery(model: torch.nn.Module, query: Sequence[ImageRecord],
                            gallery: Sequence[ImageRecord], *, max_rank: int = 50,
-                           **extract_kwargs) -> RankingResult:
-    """Market-1501 protocol on L2-normalised embeddings, squared euclidean distance."""
+                           re_ranking: dict | None = None, **extract_kwargs) -> dict[str, RankingResult]:
+    """Market-1501 protocol on L2-normalised embeddings, squared euclidean distance.
+
+    Returns ``{"plain": result}``, plus ``"re_ranked"`` when ``re_ranking`` gives the
+    k-reciprocal settings (``k1``, ``k2``, ``lambda_value``).
+    """
     q = extract_embeddings(model, query, desc="query", **extract_kwargs)
     g = extract_embeddings(model, gallery, desc="gallery", **extract_kwargs)
-    distmat = pairwise_distance(q, g, metric="euclidean", normalize=True)
-    return evaluate_ranking(distmat, np.array([r.pid for r in query]), np.array([r.pid for r in gallery]),
-                            np.array([r.camid for r in query]), np.array([r.camid for r in gallery]),
-                            max_rank=max_rank)
+    ids = (np.array([r.pid for r in query]), np.array([r.pid for r in gallery]),
+           np.array([r.camid for r in query]), np.array([r.camid for r in gallery]))
+    results = {"plain": evaluate_ranking(pairwise_distance(q, g, metric="euclidean", normalize=True),
+                                         *ids, max_rank=max_rank)}
+    if re_ranking is not None:
+        distmat = re_ranking_from_features(q, g, re_ranking["k1"], re_ranking["k2"],
+                                           re_ranking["lambda_value"])
+        results["re_ranked"] = evaluate_ranking(distmat, *ids, max_rank=max_rank)
+    return results

@@ -237,18 +237,26 @@ def main(argv: list[str] | None = None) -> int:
         if (epoch + 1) % cfg.train.validation_interval == 0 or last_epoch:
             accelerator.wait_for_everyone()
             if main_process:
-                result = evaluate_query_gallery(
+                rr = cfg.re_ranking
+                results = evaluate_query_gallery(
                     accelerator.unwrap_model(model), splits.query, splits.gallery,
-                    max_rank=max(cfg.re_ranking.max_rank, 10), size=size, mean=cfg.dataset.pixel_mean,
+                    max_rank=max(rr.max_rank, 10), size=size, mean=cfg.dataset.pixel_mean,
                     std=cfg.dataset.pixel_std, batch_size=cfg.dataset.val_batch_size,
                     device=accelerator.device, flip=cfg.model.with_flip_feature,
-                    num_workers=cfg.dataset.num_workers)
-                metrics = {"epoch": epoch + 1, **result.as_percent_dict(),
-                           "num_valid_queries": result.num_valid_queries}
+                    num_workers=cfg.dataset.num_workers,
+                    re_ranking={"k1": rr.k1, "k2": rr.k2, "lambda_value": rr.lambda_value}
+                    if rr.re_ranking else None)
+                plain = results["plain"]
+                metrics = {"epoch": epoch + 1, **plain.as_percent_dict(),
+                           "num_valid_queries": plain.num_valid_queries}
+                if "re_ranked" in results:
+                    metrics["re_ranked"] = results["re_ranked"].as_percent_dict()
                 atomic_write_json(out_dir / "metrics.json", metrics)
                 record.update({k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")})
-                print(f"epoch {epoch + 1}: mAP {metrics['mAP']:.1f}  rank-1 {metrics['rank1']:.1f}  "
-                      f"rank-5 {metrics['rank5']:.1f}  rank-10 {metrics['rank10']:.1f}  mINP {metrics['mINP']:.1f}")
+                for label, result in results.items():
+                    m = result.as_percent_dict()
+                    print(f"epoch {epoch + 1} ({label}): mAP {m['mAP']:.1f}  rank-1 {m['rank1']:.1f}  "
+                          f"rank-5 {m['rank5']:.1f}  rank-10 {m['rank10']:.1f}  mINP {m['mINP']:.1f}")
             accelerator.wait_for_everyone()
 
         if main_process:

@@ -20,7 +20,8 @@ def _overrides(world, results, *extra):
             f"dataset.query_dataset_dir={world}/query", f"dataset.test_dataset_dir={world}/bounding_box_test",
             f"results_dir={results}", "model.input_height=64", "model.input_width=32",
             "dataset.batch_size=8", "dataset.num_instances=2", "dataset.num_workers=0",
-            "train.num_epochs=2", "train.checkpoint_interval=1", "train.validation_interval=2", *extra]
+            "train.num_epochs=2", "train.checkpoint_interval=1", "train.validation_interval=2",
+            "re_ranking.re_ranking=true", "re_ranking.k1=6", "re_ranking.k2=3", *extra]
 
 
 def _log(results):
@@ -39,7 +40,8 @@ def test_training_writes_metrics_and_steps_the_center_loss(tiny_world, tmp_path)
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, results, "model.with_center_loss=true",
                                                       "model.metric_loss_type=triplet_center")]) == 0
     metrics = json.loads((results / "train/metrics.json").read_text())
-    assert set(metrics) >= {"mAP", "rank1", "rank5", "rank10", "mINP", "cmc"}
+    assert set(metrics) >= {"mAP", "rank1", "rank5", "rank10", "mINP", "cmc", "re_ranked"}
+    assert set(metrics["re_ranked"]) >= {"mAP", "rank1"}
     assert [r["epoch"] for r in _log(results)] == [1, 2]
     assert all("loss_center" in r for r in _log(results))
     # accelerate saves prepared modules in order: model, then the center loss.
