@@ -410,6 +410,18 @@ def load_config(schema_cls: type, path: str | Path | None = None, overrides: Seq
     return cfg
 
 
+def config_from_dict(schema_cls: type, data: Mapping, source: str) -> Any:
+    """Build and validate ``schema_cls`` from an in-memory mapping (e.g. a config stored in a
+    checkpoint's metadata); ``source`` names where it came from in error messages."""
+    raw = copy.deepcopy(dict(data))
+    sources: dict[str, str] = {}
+    _mark(raw, "", source, sources)
+    ctx = _Ctx(schema_cls, sources, False)
+    cfg = _build(schema_cls, raw, "", ctx)
+    _validate_tree(cfg, "", ctx)
+    return cfg
+
+
 # ---------------------------------------------------------------------------------------------
 # Output.
 

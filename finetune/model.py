@@ -13,11 +13,15 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from backbone import SwinBackbone
+from backbone import SwinBackbone, build_backbone, load_state
+from backbone.checkpoint import CheckpointError
+from common.config import config_from_dict, config_to_dict
 from common.io import atomic_path
+from finetune.config import ModelConfig
 
 
 class ReidOutput(NamedTuple):
@@ -105,16 +109,55 @@ def num_parameters(model: nn.Module) -> int:
 
 
 
+def build_reid_model(cfg: ModelConfig, num_classes: int, *, cosine_scale: float = 30.0,
+                     cosine_margin: float = 0.5, load_pretrained: bool = True) -> ReidModel:
+    """The network a TAO ``model`` section describes; the backbone starts from
+    ``pretrained_model_path`` when ``load_pretrained`` (and the path is set)."""
+    checkpoint = cfg.pretrained_model_path if load_pretrained else None
+    if checkpoint is not None and cfg.pretrain_choice == "imagenet":
+        raise CheckpointError("model.pretrain_choice=imagenet: loading ImageNet Swin checkpoints is not "
+                              "implemented yet (deployment issue #7); use pretrain_choice=self or "
+                              "pretrained_model_path=null")
+    backbone = build_backbone(cfg.backbone, img_size=(cfg.input_height, cfg.input_width),
+                              checkpoint=checkpoint, semantic_weight=cfg.semantic_weight,
+                              drop_path_rate=cfg.drop_path, grad_checkpointing=cfg.grad_checkpointing)
+    return ReidModel(backbone, num_classes, reduce_feat_dim=cfg.reduce_feat_dim, feat_dim=cfg.feat_dim,
+                     neck=cfg.neck, neck_feat=cfg.neck_feat, dropout_rate=cfg.dropout_rate,
+                     id_loss_type=cfg.id_loss_type, cosine_scale=cosine_scale, cosine_margin=cosine_margin)
+
+
 # --- saving / loading a trained ReID model ------------------------------------------------
 
 MODEL_FORMAT = "solider-reid-toolkit/reid-model"
 
 
-def save_reid_model(model: ReidModel, path, model_config: dict, num_classes: int, **extra) -> None:
+def save_reid_model(model: ReidModel, path, model_config: ModelConfig, num_classes: int, *,
+                    cosine_scale: float = 30.0, cosine_margin: float = 0.5, **extra) -> None:
     """Weights + how to rebuild them (the ``model`` config section) in one safetensors file."""
-    metadata = {"format": MODEL_FORMAT, "model_config": json.dumps(model_config),
-                "num_classes": str(num_classes), "embedding_dim": str(model.embedding_dim)}
+    metadata = {"format": MODEL_FORMAT, "model_config": json.dumps(config_to_dict(model_config)),
+                "num_classes": str(num_classes), "embedding_dim": str(model.embedding_dim),
+                "cosine_scale": str(cosine_scale), "cosine_margin": str(cosine_margin)}
     metadata.update({k: json.dumps(v) for k, v in extra.items()})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
+
+
+def load_reid_model(path) -> tuple[ReidModel, ModelConfig, dict[str, str]]:
+    """Rebuild a model written by :func:`save_reid_model` (strict: every key must match)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"model checkpoint {path} does not exist") from None
+    except Exception as exc:  # safetensors raises several exception types for bad files
+        raise CheckpointError(f"model checkpoint {path} is not a readable safetensors file: {exc}") from exc
+    if metadata.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a fine-tuned ReID model written by finetune/run.py "
+                              f"(format {metadata.get('format')!r}, expected {MODEL_FORMAT!r})")
+    cfg = config_from_dict(ModelConfig, json.loads(metadata["model_config"]), source=f"{path} (metadata)")
+    model = build_reid_model(cfg, int(metadata["num_classes"]), cosine_scale=float(metadata["cosine_scale"]),
+                             cosine_margin=float(metadata["cosine_margin"]), load_pretrained=False)
+    load_state(model, state, source=str(path), strict=True)
+    return model.eval(), cfg, metadata

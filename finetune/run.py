@@ -29,15 +29,15 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from backbone import build_backbone
-from common.config import add_config_args, config_to_dict, format_config, parse_config_from_args, save_resolved_config
+from backbone import CheckpointError
+from common.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
 from common.io import atomic_write_json
 from finetune.config import DatasetConfig, FinetuneConfig
 from finetune.data import ImageDataset, collate, train_transform
 from finetune.datasets import ReidSplits, parse_folders, parse_msmt17
 from finetune.evaluation import evaluate_query_gallery
 from finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
-from finetune.model import ReidModel, save_reid_model
+from finetune.model import build_reid_model, save_reid_model
 from finetune.optim import build_optimizer, build_scheduler
 from finetune.sampler import IdentityBatchSampler
 
@@ -56,21 +56,6 @@ def load_splits(cfg: DatasetConfig) -> ReidSplits:
             raise SystemExit(f"config error: dataset.{key} is not set")
     return parse_folders(cfg.train_dataset_dir, cfg.query_dataset_dir, cfg.test_dataset_dir,
                          name=cfg.dataset_kind)
-
-
-def build_model(cfg: FinetuneConfig, num_classes: int) -> ReidModel:
-    m = cfg.model
-    if m.pretrained_model_path is not None and m.pretrain_choice == "imagenet":
-        raise SystemExit("model.pretrain_choice=imagenet: loading ImageNet Swin checkpoints is not "
-                         "implemented yet (deployment issue #7); use pretrain_choice=self or "
-                         "pretrained_model_path=null")
-    backbone = build_backbone(m.backbone, img_size=(m.input_height, m.input_width),
-                              checkpoint=m.pretrained_model_path, semantic_weight=m.semantic_weight,
-                              drop_path_rate=m.drop_path, grad_checkpointing=m.grad_checkpointing)
-    return ReidModel(backbone, num_classes, reduce_feat_dim=m.reduce_feat_dim, feat_dim=m.feat_dim,
-                     neck=m.neck, neck_feat=m.neck_feat, dropout_rate=m.dropout_rate,
-                     id_loss_type=m.id_loss_type, cosine_scale=cfg.train.optim.cosine_scale,
-                     cosine_margin=cfg.train.optim.cosine_margin)
 
 
 class Progress:
@@ -128,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
     splits = load_splits(cfg.dataset)
     num_classes = len({r.pid for r in splits.train})
-    model = build_model(cfg, num_classes)
+    try:
+        model = build_reid_model(cfg.model, num_classes, cosine_scale=cfg.train.optim.cosine_scale,
+                                 cosine_margin=cfg.train.optim.cosine_margin)
+    except CheckpointError as exc:
+        raise SystemExit(f"model.pretrained_model_path: {exc}") from None
     if main_process:
         print(splits.format_table())
 
@@ -266,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         if (epoch + 1) % cfg.train.checkpoint_interval == 0 or last_epoch:
             save_checkpoint(accelerator, checkpoint_dir, epoch + 1)
             if main_process:
-                save_reid_model(accelerator.unwrap_model(model), out_dir / "model.safetensors",
-                                config_to_dict(cfg.model), num_classes, epoch=epoch + 1)
+                save_reid_model(accelerator.unwrap_model(model), out_dir / "model.safetensors", cfg.model,
+                                num_classes, cosine_scale=optim_cfg.cosine_scale,
+                                cosine_margin=optim_cfg.cosine_margin, epoch=epoch + 1)
 
     accelerator.end_training()
     return 0

@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from finetune import run
+from finetune.model import load_reid_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/finetune/synthetic_tiny.yaml")
@@ -48,7 +50,10 @@ def test_training_writes_metrics_and_steps_the_center_loss(tiny_world, tmp_path)
     centers = [load_file(results / f"train/checkpoints/epoch_00{e}/model_1.safetensors")["centers"]
                for e in (1, 2)]
     assert (centers[0] - centers[1]).abs().max() > 0
-    assert (results / "train/model.safetensors").is_file()
+    model, model_cfg, _ = load_reid_model(results / "train/model.safetensors")
+    assert model_cfg.with_center_loss and not model.training
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 64, 32)).shape == (2, model_cfg.feat_dim)
     assert (results / "train/config.yaml").is_file()
 
 
