@@ -18,11 +18,16 @@ install: $(STAMP)
 $(DEMO_WORLD)/world.json: | $(STAMP)
 	$(BIN)/python -m data_shards.synth $(DEMO_WORLD) --overwrite
 
+LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+DEMO_RESULTS := results/demo
+
 demo: $(STAMP) $(DEMO_WORLD)/world.json
-	$(BIN)/python -m finetune.color_histogram $(DEMO_WORLD)
+	$(LAUNCH) finetune/run.py --config configs/finetune/synthetic_tiny.yaml results_dir=$(DEMO_RESULTS)/finetune
+	$(BIN)/python -m finetune.compare $(DEMO_WORLD) \
+		"swin_pico fine-tuned from random init=$(DEMO_RESULTS)/finetune/train/metrics.json"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean-demo:
-	rm -rf $(DEMO_WORLD) results/demo
+	rm -rf $(DEMO_WORLD) $(DEMO_RESULTS)
