@@ -268,8 +268,8 @@ class EvaluateConfig:
     checkpoint: str | None = option(None)  # model checkpoint to evaluate (required by the evaluate task)
     trt_engine: str | None = option(None, no_effect=_WHY["trt_engine"])
     results_dir: str | None = option(None)  # evaluation outputs; null = <results_dir>/evaluate
-    output_sampled_matches_plot: str | None = option(None)  # image of sampled query matches; null = skip
-    output_cmc_curve_plot: str | None = option(None)  # image file for the CMC curve; null = skip
+    output_sampled_matches_plot: str | None = option(None)  # ranked-results grid PNG; null = <evaluate results>/sampled_matches.png
+    output_cmc_curve_plot: str | None = option(None)  # CMC curve PNG; null = <evaluate results>/cmc_curve.png
     test_dataset: str | None = option(None)  # gallery folder; null = dataset.test_dataset_dir
     query_dataset: str | None = option(None)  # query folder; null = dataset.query_dataset_dir
 

@@ -1,7 +1,7 @@
 """Feature extraction and query/gallery evaluation shared by training and the evaluate tool."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -10,9 +10,10 @@ from tqdm.auto import tqdm
 
 from finetune.data import ImageDataset, collate, test_transform
 from finetune.datasets import ImageRecord
-from finetune.metrics import RankingResult, evaluate_ranking, pairwise_distance
+from finetune.metrics import (RankingResult, evaluate_ranking_chunks, evaluate_ranking_from_features,
+                              pairwise_distance)
 from finetune.model import flip_averaged_embedding
-from finetune.reranking import re_ranking_from_features
+from finetune.reranking import iter_re_ranking_from_features
 
 
 @torch.no_grad()
@@ -44,12 +45,55 @@ def evaluate_query_gallery(model: torch.nn.Module, query: Sequence[ImageRecord],
     """
     q = extract_embeddings(model, query, desc="query", **extract_kwargs)
     g = extract_embeddings(model, gallery, desc="gallery", **extract_kwargs)
+    return evaluate_features(q, g, query, gallery, max_rank=max_rank, re_ranking=re_ranking)[0]
+
+
+def evaluate_features(q_feats, g_feats, query: Sequence[ImageRecord], gallery: Sequence[ImageRecord], *,
+                      metric: str = "euclidean", max_rank: int = 50, re_ranking: dict | None = None,
+                      keep_rows: Sequence[int] = ()) -> tuple[dict[str, RankingResult], dict[str, np.ndarray]]:
+    """Market-1501 protocol metrics of query / gallery features (L2-normalised first).
+
+    ``metric``: "euclidean" (squared; learned embeddings) or "cosine" (the colour-histogram
+    baseline). Returns ``(results, rows)``: ``results["plain"]``, plus ``results["re_ranked"]``
+    when ``re_ranking`` gives the k-reciprocal settings (``k1``, ``k2``, ``lambda_value``;
+    re-ranking always starts from the squared euclidean distance); ``rows[name]`` holds the
+    distance rows (len(keep_rows), num_gallery) of the queries ``keep_rows`` under that
+    ranking, e.g. to show them. The full distance matrix is never held.
+    """
+    q_feats, g_feats = torch.as_tensor(q_feats), torch.as_tensor(g_feats)
     ids = (np.array([r.pid for r in query]), np.array([r.pid for r in gallery]),
            np.array([r.camid for r in query]), np.array([r.camid for r in gallery]))
-    results = {"plain": evaluate_ranking(pairwise_distance(q, g, metric="euclidean", normalize=True),
-                                         *ids, max_rank=max_rank)}
+    keep = [int(i) for i in keep_rows]
+    results = {"plain": evaluate_ranking_from_features(q_feats, g_feats, *ids, max_rank=max_rank,
+                                                       metric=metric, normalize=True)}
+    rows = {"plain": pairwise_distance(q_feats[keep], g_feats, metric=metric, normalize=True).cpu().numpy()}
     if re_ranking is not None:
-        distmat = re_ranking_from_features(q, g, re_ranking["k1"], re_ranking["k2"],
-                                           re_ranking["lambda_value"])
-        results["re_ranked"] = evaluate_ranking(distmat, *ids, max_rank=max_rank)
-    return results
+        kept: dict[int, np.ndarray] = {}
+        blocks = iter_re_ranking_from_features(q_feats, g_feats, re_ranking["k1"], re_ranking["k2"],
+                                               re_ranking["lambda_value"])
+        results["re_ranked"] = evaluate_ranking_chunks(_keeping_rows(blocks, set(keep), kept), *ids,
+                                                       max_rank=max_rank)
+        rows["re_ranked"] = np.array([kept[i] for i in keep], dtype=np.float32).reshape(len(keep), len(gallery))
+    return results, rows
+
+
+def _keeping_rows(blocks: Iterable[tuple[slice, np.ndarray]], wanted: set[int],
+                  kept: dict[int, np.ndarray]) -> Iterator[tuple[slice, np.ndarray]]:
+    """Pass (rows, block) pairs through, copying the rows listed in ``wanted`` into ``kept``."""
+    for rows, block in blocks:
+        for i in wanted.intersection(range(rows.start or 0, rows.stop)):
+            kept[i] = np.array(block[i - (rows.start or 0)])
+        yield rows, block
+
+
+def ranked_gallery(dist_rows, q_pids, q_camids, g_pids, g_camids, top_k: int) -> list[np.ndarray]:
+    """For each distance row, the indices of its ``top_k`` nearest gallery entries, after the
+    Market-1501 protocol's removal of the query's own identity seen by the query's camera.
+    Ties keep gallery order (as ``finetune.metrics``)."""
+    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
+    ranked = []
+    for dist, pid, camid in zip(np.asarray(dist_rows), q_pids, q_camids):
+        order = np.argsort(dist, kind="stable")
+        junk = (g_pids[order] == pid) & (g_camids[order] == camid)
+        ranked.append(order[~junk][:top_k])
+    return ranked
