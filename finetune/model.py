@@ -9,19 +9,23 @@ BNNeck; the embedding used at test time is taken before or after it (``neck_feat
 from __future__ import annotations
 
 import json
+import logging
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from backbone import SwinBackbone, build_backbone, load_state
+from backbone import (IMAGENET_FORMATS, SwinBackbone, build_backbone, convert_checkpoint, detect_format,
+                      load_converted, load_state, read_checkpoint)
+from backbone.adapters import TOOLKIT_REID_FORMAT
 from backbone.checkpoint import CheckpointError
 from common.config import config_from_dict, config_to_dict
 from common.io import atomic_path
 from finetune.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 
 class ReidOutput(NamedTuple):
@@ -110,17 +114,26 @@ def num_parameters(model: nn.Module) -> int:
 
 
 def build_reid_model(cfg: ModelConfig, num_classes: int, *, cosine_scale: float = 30.0,
-                     cosine_margin: float = 0.5, load_pretrained: bool = True) -> ReidModel:
+                     cosine_margin: float = 0.5, load_pretrained: bool = True,
+                     allow_partial: bool = False) -> ReidModel:
     """The network a TAO ``model`` section describes; the backbone starts from
-    ``pretrained_model_path`` when ``load_pretrained`` (and the path is set)."""
+    ``pretrained_model_path`` when ``load_pretrained`` (and the path is set).
+
+    The checkpoint's format is detected from the file (toolkit, SOLIDER, SOLIDER-REID, TAO,
+    timm, Microsoft: ``backbone.adapters``); ``pretrain_choice`` only documents which kind is
+    expected, and a mismatch is logged, not fatal.
+    """
     checkpoint = cfg.pretrained_model_path if load_pretrained else None
-    if checkpoint is not None and cfg.pretrain_choice == "imagenet":
-        raise CheckpointError("model.pretrain_choice=imagenet: loading ImageNet Swin checkpoints is not "
-                              "implemented yet (deployment issue #7); use pretrain_choice=self or "
-                              "pretrained_model_path=null")
     backbone = build_backbone(cfg.backbone, img_size=(cfg.input_height, cfg.input_width),
                               checkpoint=checkpoint, semantic_weight=cfg.semantic_weight,
-                              drop_path_rate=cfg.drop_path, grad_checkpointing=cfg.grad_checkpointing)
+                              drop_path_rate=cfg.drop_path, grad_checkpointing=cfg.grad_checkpointing,
+                              allow_partial=allow_partial)
+    report = backbone.checkpoint_report
+    if report is not None:
+        imagenet = report.format in IMAGENET_FORMATS
+        if imagenet != (cfg.pretrain_choice == "imagenet"):
+            log.warning("model.pretrain_choice=%s, but %s is a %s checkpoint; it was loaded as such",
+                        cfg.pretrain_choice, checkpoint, report.format)
     return ReidModel(backbone, num_classes, reduce_feat_dim=cfg.reduce_feat_dim, feat_dim=cfg.feat_dim,
                      neck=cfg.neck, neck_feat=cfg.neck_feat, dropout_rate=cfg.dropout_rate,
                      id_loss_type=cfg.id_loss_type, cosine_scale=cosine_scale, cosine_margin=cosine_margin)
@@ -128,7 +141,7 @@ def build_reid_model(cfg: ModelConfig, num_classes: int, *, cosine_scale: float 
 
 # --- saving / loading a trained ReID model ------------------------------------------------
 
-MODEL_FORMAT = "solider-reid-toolkit/reid-model"
+MODEL_FORMAT = TOOLKIT_REID_FORMAT
 
 
 def save_reid_model(model: ReidModel, path, model_config: ModelConfig, num_classes: int, *,
@@ -143,21 +156,44 @@ def save_reid_model(model: ReidModel, path, model_config: ModelConfig, num_class
         save_file(state, str(tmp), metadata=metadata)
 
 
-def load_reid_model(path) -> tuple[ReidModel, ModelConfig, dict[str, str]]:
-    """Rebuild a model written by :func:`save_reid_model` (strict: every key must match)."""
+def load_reid_model(path, model_config: ModelConfig | None = None, *, allow_partial: bool = False,
+                    cosine_scale: float = 30.0, cosine_margin: float = 0.5
+                    ) -> tuple[ReidModel, ModelConfig, dict[str, str]]:
+    """Rebuild a fine-tuned ReID model, strict unless ``allow_partial``.
+
+    Files written by :func:`save_reid_model` carry their model config and rebuild themselves.
+    SOLIDER-REID and TAO fine-tuned checkpoints (``base.`` / ``model.base.`` mmcv Swin, fcneck,
+    BNNeck, classifier) do not: they need ``model_config`` (the experiment's ``model``
+    section); the number of identities is read from the classifier. Returns the model in
+    eval mode, its config and metadata (``format``, ``num_classes``, ``embedding_dim``, ...).
+    """
+    state, metadata = read_checkpoint(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise CheckpointError(f"model checkpoint {path} does not exist") from None
-    except Exception as exc:  # safetensors raises several exception types for bad files
-        raise CheckpointError(f"model checkpoint {path} is not a readable safetensors file: {exc}") from exc
-    if metadata.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path} is not a fine-tuned ReID model written by finetune/run.py "
-                              f"(format {metadata.get('format')!r}, expected {MODEL_FORMAT!r})")
-    cfg = config_from_dict(ModelConfig, json.loads(metadata["model_config"]), source=f"{path} (metadata)")
-    model = build_reid_model(cfg, int(metadata["num_classes"]), cosine_scale=float(metadata["cosine_scale"]),
-                             cosine_margin=float(metadata["cosine_margin"]), load_pretrained=False)
-    load_state(model, state, source=str(path), strict=True)
-    return model.eval(), cfg, metadata
+        fmt = detect_format(state, metadata)
+    except ValueError as exc:
+        raise CheckpointError(f"model checkpoint {path}: {exc}") from None
+    if fmt == "toolkit-reid" and metadata.get("format") == MODEL_FORMAT:
+        cfg = config_from_dict(ModelConfig, json.loads(metadata["model_config"]), source=f"{path} (metadata)")
+        model = build_reid_model(cfg, int(metadata["num_classes"]), cosine_scale=float(metadata["cosine_scale"]),
+                                 cosine_margin=float(metadata["cosine_margin"]), load_pretrained=False)
+        load_state(model, state, source=str(path), strict=not allow_partial)
+        return model.eval(), cfg, metadata
+    if fmt not in ("toolkit-reid", "solider-reid", "tao"):
+        raise CheckpointError(f"{path} is a {fmt} backbone checkpoint without a ReID head; fine-tune from it "
+                              "(model.pretrained_model_path) instead of loading it as a ReID model")
+    if model_config is None:
+        raise CheckpointError(f"{path} is a {fmt} checkpoint, which does not record the model config: "
+                              "give the experiment's model section (--config) to rebuild it")
+    conversion = convert_checkpoint(state, metadata, fmt)
+    classifier = conversion.head.get("classifier.weight")
+    if classifier is None:
+        raise CheckpointError(f"{path} ({fmt}) has no classifier weight, so the number of identities is unknown")
+    num_classes = int(classifier.shape[0])
+    model = build_reid_model(model_config, num_classes, cosine_scale=cosine_scale, cosine_margin=cosine_margin,
+                             load_pretrained=False)
+    report = load_converted(model, conversion, str(path), strict=not allow_partial, prefix="backbone.",
+                            with_head=True, placeholders=json.loads(metadata.get("placeholders", "[]")))
+    log.info("%s", report.summary())
+    info = {"format": fmt, "num_classes": str(num_classes), "embedding_dim": str(model.embedding_dim),
+            "load_report": report.summary()}
+    return model.eval(), model_config, info
