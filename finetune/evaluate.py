@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=8, metavar="N",
                         help="queries shown in the ranked-results grid (default %(default)s; 0 = no grid)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sampling those queries (default %(default)s)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="load a checkpoint whose keys do not all match (they are listed)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config, checkpoint and folders, print what would run, and exit")
@@ -150,9 +152,11 @@ def resolve_checkpoint(path: str | None) -> Path:
 
 # --- features ------------------------------------------------------------------------------------
 
-def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, ModelConfig]:
+def load_model(checkpoint: Path, device: torch.device, model_cfg: ModelConfig,
+               allow_partial: bool = False) -> tuple[torch.nn.Module, ModelConfig]:
+    """A toolkit model.safetensors rebuilds itself; SOLIDER-REID / TAO files use the config's model section."""
     try:
-        model, model_cfg, _ = load_reid_model(checkpoint)
+        model, model_cfg, _ = load_reid_model(checkpoint, model_cfg, allow_partial=allow_partial)
     except CheckpointError as exc:
         raise SystemExit(f"checkpoint: {exc}") from None
     return model.to(device), model_cfg
@@ -241,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     query, gallery = load_query_gallery(cfg)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.model == "reid":
-        model, model_cfg = load_model(checkpoint, device)
+        model, model_cfg = load_model(checkpoint, device, cfg.model, allow_partial=args.allow_partial)
         model_name, metric, flip = model_cfg.backbone, "euclidean", cfg.model.with_flip_feature
         name = f"{model_name} ({checkpoint.name})"
         how = f"input {model_cfg.input_height}x{model_cfg.input_width}{', flip averaging' if flip else ''}, "

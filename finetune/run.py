@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in the results folder")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="start from a pretrained checkpoint whose keys do not all match (they are listed)")
     args = parser.parse_args(argv)
     cfg = parse_config_from_args(FinetuneConfig, args)
     out_dir = Path(cfg.train.results_dir or Path(cfg.results_dir) / "train")
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     num_classes = len({r.pid for r in splits.train})
     try:
         model = build_reid_model(cfg.model, num_classes, cosine_scale=cfg.train.optim.cosine_scale,
-                                 cosine_margin=cfg.train.optim.cosine_margin)
+                                 cosine_margin=cfg.train.optim.cosine_margin, allow_partial=args.allow_partial)
     except CheckpointError as exc:
         raise SystemExit(f"model.pretrained_model_path: {exc}") from None
     if main_process:
