@@ -30,9 +30,20 @@ class ModelConfig:
     bottleneck_dim: int = option(256)  # DINO head bottleneck before the weight-normalised last layer
     norm_last_layer: bool = option(True)  # weight-normalise the head's last layer with fixed norm
     use_bn_in_head: bool = option(False)  # BatchNorm in the DINO head's MLP
+    # start student and teacher backbones from this toolkit backbone (.safetensors), e.g. the
+    # phase-1 DINO run's backbone.safetensors for SOLIDER's continuation; null = random init.
+    # A fresh run (new schedules, step 0), unlike train.resume (SOLIDER: init_model)
+    init_from: str | None = option(None)
+    # start the DINO heads and the center from a previous run's dino_head.safetensors (phase 1
+    # of the two-phase recipe); null = fresh head and zero center
+    init_head_from: str | None = option(None)
 
     def validate(self) -> None:
         require(0 <= self.drop_path_rate < 1, "drop_path_rate", "must be in [0, 1)")
+        for key in ("init_from", "init_head_from"):
+            path = getattr(self, key)
+            require(path is None or path.endswith(".safetensors"), key,
+                    "must name a .safetensors file written by pretrain/run.py (or null)")
         for key in ("out_dim", "head_hidden_dim", "bottleneck_dim"):
             require(getattr(self, key) >= 1, key, "must be >= 1")
 
@@ -44,10 +55,11 @@ class DataConfig:
     # "shards": webdataset tar shards; "folder": a directory tree of images
     kind: Literal["shards", "folder"] = option("shards")
     # shard glob/brace pattern or image folder (required to train) (SOLIDER: data_path)
+    # (kind folder: every image below it, recursively)
     path: str | None = option(None)
     batch_size_per_device: int = option(48)  # images per process per step (SOLIDER: batch_size_per_gpu)
     num_workers: int = option(16)  # data-loading worker processes per training process
-    shuffle_buffer: int = option(10000)  # shards: samples held in the streaming shuffle buffer
+    shuffle_buffer: int = option(10000)  # kind shards: samples held in the streaming shuffle buffer
     batches_per_epoch: int | None = option(None)  # steps per epoch; null = one pass over the data
     # (height, width) of the 2 global views and of the model input (SOLIDER: height, width)
     global_crop_size: tuple[int, int] = option((256, 128))
@@ -58,8 +70,9 @@ class DataConfig:
     # area range of the local random-resized crops
     local_crop_scale: tuple[float, float] = option((0.05, 0.8))
     local_crops_number: int = option(8)  # local views per image; 0 disables multi-crop
-    # width/height range of the random-resized crops (SOLIDER's choice for 256x128 persons)
-    crop_aspect_ratio: tuple[float, float] = option((0.4, 0.6))
+    # width/height range of the random-resized crops as multiples of each view's own
+    # width/height: 256x128 and 128x64 views -> 0.4-0.6, SOLIDER's choice for persons
+    crop_aspect_ratio_scale: tuple[float, float] = option((0.8, 1.2))
     # per-channel normalisation mean (RGB, 0-1 scale)
     pixel_mean: tuple[float, float, float] = option((0.485, 0.456, 0.406))
     # per-channel normalisation std (RGB, 0-1 scale)
@@ -79,8 +92,8 @@ class DataConfig:
         for key in ("global_crop_scale", "local_crop_scale"):
             lo, hi = getattr(self, key)
             require(0 < lo <= hi <= 1, key, "must be [min, max] with 0 < min <= max <= 1")
-        lo, hi = self.crop_aspect_ratio
-        require(0 < lo <= hi, "crop_aspect_ratio", "must be [min, max] with 0 < min <= max")
+        lo, hi = self.crop_aspect_ratio_scale
+        require(0 < lo <= hi, "crop_aspect_ratio_scale", "must be [min, max] with 0 < min <= max")
         require(self.local_crops_number >= 0, "local_crops_number", "must be >= 0")
         require(all(s > 0 for s in self.pixel_std), "pixel_std", "must be positive")
 
@@ -108,12 +121,18 @@ class DinoConfig:
 class SemanticConfig:
     """SOLIDER's semantic controller and part-classification loss."""
 
-    enabled: bool = option(True)  # false = plain DINO (no λ conditioning, no part loss)
-    # λ values the student is conditioned on (SOLIDER draws 0 or 1)
+    # false = plain DINO as SOLIDER's main_dino.py: every view at λ=0, no clustering, no part
+    # classifier, and the two lambda_* fields are not used
+    enabled: bool = option(True)
+    # λ values each image (all its views, in student and teacher) is conditioned on; SOLIDER
+    # draws 0 or 1 with equal probability
     lambda_values: list[float] = option([0.0, 1.0])
     lambda_probs: list[float] = option([0.5, 0.5])  # probability of each λ value (sums to 1)
     num_parts: int = option(3)  # body-part clusters per image (SOLIDER: partnum)
-    part_head_layers: int = option(3)  # MLP layers of the part classifier (SOLIDER: parthead_nlayers)
+    part_head_layers: int = option(3)  # linear layers of the part classifier (SOLIDER: parthead_nlayers)
+    part_head_hidden_dim: int = option(2048)  # width of the part classifier's hidden layers
+    # Lloyd iterations of the batched k-means (2-means on token norms, k-means on foreground)
+    kmeans_iters: int = option(10)
     # images whose foreground covers at most this fraction of tokens are left out of the part loss
     fg_ratio_threshold: float = option(0.5)
     loss_weight: float = option(1.0)  # weight of the part-classification loss (SOLIDER: semantic_loss)
@@ -129,6 +148,8 @@ class SemanticConfig:
                 "lambda_probs", f"must be non-negative and sum to 1 (they sum to {total:g})")
         require(self.num_parts >= 1, "num_parts", "must be >= 1")
         require(self.part_head_layers >= 1, "part_head_layers", "must be >= 1")
+        require(self.part_head_hidden_dim >= 1, "part_head_hidden_dim", "must be >= 1")
+        require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
         require(0 <= self.fg_ratio_threshold < 1, "fg_ratio_threshold", "must be in [0, 1)")
         require(self.loss_weight >= 0, "loss_weight", "must be >= 0")
 
@@ -165,7 +186,8 @@ class TrainConfig:
     # keep an epoch-numbered checkpoint every N epochs (the latest is always saved) (SOLIDER: saveckp_freq)
     checkpoint_every: int = option(5)
     log_every: int = option(50)  # log losses every N steps
-    # checkpoint to resume from; "auto" = latest in results_dir; null = fresh start
+    # checkpoint folder to continue from (same step, schedules, data epoch); "auto" = the
+    # newest in results_dir/checkpoints, or a fresh start when there is none; null = fresh start
     resume: str | None = option(None)
     # consecutive non-finite-loss steps skipped before aborting; 0 = abort at the first
     max_nan_steps: int = option(0)
@@ -183,9 +205,13 @@ class KnnEvalConfig:
     # Market-1501-layout root (query/ and bounding_box_test/); null disables
     dataset_dir: str | None = option(None)
     every_epochs: int = option(10)  # run every N epochs (and after the last)
-    batch_size: int = option(128)  # images per step per process when extracting features
+    at_start: bool = option(False)  # also measure the untrained (or init_from) teacher before step 0
+    batch_size: int = option(128)  # images per step when extracting features (main process)
+    # λ of the teacher backbone when extracting features (the fine-tune default is 0.2)
+    semantic_weight: float = option(0.2)
 
     def validate(self) -> None:
+        require(0 <= self.semantic_weight <= 1, "semantic_weight", "must be in [0, 1]")
         require(self.every_epochs >= 1, "every_epochs", "must be >= 1")
         require(self.batch_size >= 1, "batch_size", "must be >= 1")
 

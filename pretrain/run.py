@@ -1,62 +1,714 @@
 """Stage 1: DINO + SOLIDER self-supervised pretraining of the shared Swin backbone.
 
-    accelerate launch pretrain/run.py --config configs/pretrain/synthetic_tiny.yaml [--dry-run] [key=value ...]
+    accelerate launch pretrain/run.py --config configs/pretrain/synthetic_tiny.yaml [--dry-run] [--resume] [key=value ...]
 
-The training loop arrives with the pretraining issue (#6); today the script builds the
-student and teacher backbones from the config, checks the data source, and with
-``--dry-run`` prints the resolved config and exits 0.
+One iteration, in the order of DINO's ``main_dino.py`` with SOLIDER's additions
+(``main_solider.py``): set LR / weight decay from the per-iteration schedules; draw λ per
+image; teacher pass on the two global views (at each image's λ for the DINO targets and, with
+``semantic.enabled``, at λ = 1 for the stage-4 tokens that are clustered into background /
+body parts); copy the global views with one random part per view blacked out; student pass
+on all views plus the masked copies; DINO loss + λ-weighted part-classification loss; skip
+the step if the loss is not finite; backward, per-parameter gradient clipping, last layer
+frozen during the first epoch(s), AdamW step; teacher EMA from the unwrapped student; center
+update.
+
+Accelerate owns devices, DDP and mixed precision; only the student (backbone + DINO head +
+part classifier) and the optimizer are prepared. The teacher is a plain module on the
+device, never wrapped; it is saved with ``accelerator.save_state`` next to the center and
+the progress counters (global step, data epoch, batch within the epoch), so a resumed run
+continues at the same step with the same schedules, data and random numbers.
+
+Outputs in ``results_dir``: ``config.yaml``, ``log.jsonl`` (+ TensorBoard), checkpoints in
+``checkpoints/`` (``epoch_NNNN`` at epoch ends, ``step_NNNNNNNN`` on SIGTERM), and after every
+epoch ``backbone.safetensors`` (teacher backbone incl. the semantic controller: what
+``finetune/run.py`` loads via ``model.pretrained_model_path``) and ``dino_head.safetensors``
+(teacher head + center: ``model.init_head_from`` of a continuation run).
+
+Where SOLIDER is broken this differs on purpose: the part classifier is in the optimizer
+(SOLIDER never updates it); resuming continues the epoch, step and schedules (SOLIDER's
+``--resume`` restarts at epoch 0 with fresh schedules and center); clustering is batched
+in torch on the device (not a per-image scikit-learn loop on the CPU); the blacked-out part
+is drawn per view (SOLIDER draws one part number for the whole batch); an empty semantic
+batch contributes no part loss (SOLIDER then trains every token towards background).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
+import math
+import random
+import shutil
+import signal
 import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
-from backbone import build_backbone
-from common.config import add_config_args, format_config, parse_config_from_args
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from PIL import Image
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from tqdm.auto import tqdm
+
+from backbone import build_backbone, load_state, read_checkpoint, save_backbone
+from common.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
+from common.io import atomic_path
 from pretrain.config import PretrainConfig
+from pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
+from pretrain.knn import knn_reid, load_query_gallery
+from pretrain.multicrop import MultiCropAugmentation, derive_seed
+from pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+HEAD_FORMAT = "solider-reid-toolkit/dino-head"
 
 
-def describe_data(cfg: PretrainConfig) -> str:
-    """Check the configured data source exists and say what it holds."""
-    if cfg.data.path is None:
-        raise SystemExit("config error: data.path is not set (a shard folder or an image folder)")
-    path = Path(cfg.data.path)
-    if not path.exists():
-        raise SystemExit(f"config error: data.path={cfg.data.path} does not exist")
-    if cfg.data.kind == "folder":
-        count = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if count == 0:
-            raise SystemExit(f"data.path={cfg.data.path}: no images ({sorted(IMAGE_SUFFIXES)}) found")
-        return f"image folder {path}: {count} images"
-    shards = sorted(path.glob("*.tar")) if path.is_dir() else [path]
-    if not shards:
-        raise SystemExit(f"data.path={cfg.data.path}: no .tar shards found")
-    return f"shards {path}: {len(shards)} files"
+# ============================================================================== data
+
+def list_images(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+class EpochBatches(Sampler):
+    """Batches of ``(image index, view seed)`` for one process of a folder dataset.
+
+    Epoch ``e`` reads the images in a permutation seeded by (seed, e), continued by further
+    permutations when ``batches_per_epoch`` asks for more than one pass. Global batch ``j``
+    goes to process ``j % world``; every image position carries its own augmentation seed,
+    so the views do not depend on workers or on where a run was resumed. ``set_epoch(e,
+    start_batch)`` skips the batches already trained.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, *, rank: int, world_size: int, seed: int,
+                 batches_per_epoch: int | None):
+        per_pass = num_images // (batch_size * world_size)
+        if batches_per_epoch is None and per_pass == 0:
+            raise SystemExit(f"config error: {num_images} images are fewer than one batch of "
+                             f"data.batch_size_per_device={batch_size} on each of {world_size} process(es); "
+                             "lower the batch size or set data.batches_per_epoch")
+        self.num_images, self.batch_size = num_images, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.length = batches_per_epoch or per_pass
+        self.epoch, self.start = 0, 0
+        self._orders: dict[tuple[int, int], torch.Tensor] = {}
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+        self._orders = {}
+
+    def __len__(self) -> int:
+        return self.length - self.start
+
+    def _image_at(self, position: int) -> int:
+        sweep, offset = divmod(position, self.num_images)
+        key = (self.epoch, sweep)
+        if key not in self._orders:
+            generator = torch.Generator().manual_seed(derive_seed("order", self.seed, *key))
+            self._orders[key] = torch.randperm(self.num_images, generator=generator)
+        return int(self._orders[key][offset])
+
+    def __iter__(self):
+        for j in range(self.start, self.length):
+            first = (j * self.world_size + self.rank) * self.batch_size
+            yield [(self._image_at(p), derive_seed("views", self.seed, self.epoch, p))
+                   for p in range(first, first + self.batch_size)]
+
+
+class MultiCropFolder(Dataset):
+    """``dataset[(index, seed)]`` -> the multi-crop views of image ``index`` drawn with ``seed``."""
+
+    def __init__(self, paths: list[Path], augment: MultiCropAugmentation):
+        self.paths, self.augment = paths, augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        index, seed = item
+        try:
+            with Image.open(self.paths[index]) as image:
+                image = image.convert("RGB")
+        except OSError as exc:
+            raise OSError(f"cannot read image {self.paths[index]}: {exc}") from exc
+        return self.augment.crops(image, random.Random(seed))
+
+
+@dataclass
+class PretrainData:
+    """One process's batches: ``batches(epoch, start_batch)`` yields lists of view batches."""
+
+    iters_per_epoch: int
+    summary: str
+    batches: Callable[[int, int], Iterator[list[torch.Tensor]]]
+
+
+def _rng_neutral(iterable) -> Iterator:
+    """Iterate without touching the global CPU RNG (a DataLoader draws its worker seed from it),
+    so an interrupted-and-resumed run draws the same λ, masks and drop-path as an uninterrupted one."""
+    iterator = None
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            if iterator is None:
+                iterator = iter(iterable)
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
+def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool) -> PretrainData:
+    d = cfg.data
+    if d.path is None:
+        raise SystemExit("config error: data.path is not set (a shard folder/pattern or an image folder)")
+    augment = MultiCropAugmentation(
+        d.global_crop_size, d.local_crop_size, global_scale=d.global_crop_scale, local_scale=d.local_crop_scale,
+        local_number=d.local_crops_number, aspect_ratio_scale=d.crop_aspect_ratio_scale, mean=d.pixel_mean,
+        std=d.pixel_std, seed=cfg.seed, rank=rank)
+    if d.kind == "folder":
+        root = Path(d.path)
+        if not root.is_dir():
+            raise SystemExit(f"config error: data.path={d.path} is not a folder (data.kind=folder)")
+        paths = list_images(root)
+        if not paths:
+            raise SystemExit(f"config error: data.path={d.path}: no images ({sorted(IMAGE_SUFFIXES)}) found")
+        sampler = EpochBatches(len(paths), d.batch_size_per_device, rank=rank, world_size=world_size,
+                               seed=cfg.seed, batches_per_epoch=d.batches_per_epoch)
+        loader = DataLoader(MultiCropFolder(paths, augment), batch_sampler=sampler, num_workers=d.num_workers,
+                            collate_fn=default_collate, pin_memory=pin_memory,
+                            generator=torch.Generator().manual_seed(cfg.seed))
+
+        def folder_batches(epoch: int, start: int) -> Iterator[list[torch.Tensor]]:
+            sampler.set_epoch(epoch, min(start, sampler.length))
+            return _rng_neutral(loader)
+
+        return PretrainData(sampler.length, f"image folder {root}: {len(paths)} images", folder_batches)
+
+    from data_shards.stream import ShardSetError, make_shard_loader
+
+    try:
+        loader = make_shard_loader(d.path, d.batch_size_per_device, augment, resampled=True, seed=cfg.seed,
+                                   batches_per_epoch=d.batches_per_epoch, num_workers=d.num_workers, rank=rank,
+                                   world_size=world_size, shuffle_buffer=d.shuffle_buffer, pin_memory=pin_memory)
+    except ShardSetError as exc:
+        raise SystemExit(f"config error: data.path={d.path}: {exc}") from None
+
+    def shard_batches(epoch: int, start: int) -> Iterator[list[torch.Tensor]]:
+        # The stream of an epoch is fixed by (seed, epoch, rank, worker); a resumed epoch
+        # re-reads and drops the batches it already trained on.
+        if start >= loader.batches_per_epoch:
+            return iter(())
+        augment.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        return itertools.islice(_rng_neutral(loader), start, None)
+
+    summary = f"shards {d.path}: {len(loader.shards)} files, {loader.num_samples} images (resampled)"
+    return PretrainData(loader.batches_per_epoch, summary, shard_batches)
+
+
+# ============================================================================== networks
+
+def build_networks(cfg: PretrainConfig, load_init: bool = True) -> tuple[MultiCropNetwork, MultiCropNetwork]:
+    """Student (backbone + DINO head [+ part classifier]) and a teacher with the same weights."""
+    m, size = cfg.model, cfg.data.global_crop_size
+    init = m.init_from if load_init else None
+
+    def network(drop_path: float, grad_checkpointing: bool, with_parts: bool) -> MultiCropNetwork:
+        backbone = build_backbone(m.arch, img_size=size, checkpoint=init, drop_path_rate=drop_path,
+                                  grad_checkpointing=grad_checkpointing)
+        head = DINOHead(backbone.num_features, m.out_dim, hidden_dim=m.head_hidden_dim,
+                        bottleneck_dim=m.bottleneck_dim, use_bn=m.use_bn_in_head,
+                        norm_last_layer=m.norm_last_layer)
+        parts = None
+        if with_parts:
+            s = cfg.semantic
+            parts = PartClassifier(backbone.num_features, s.num_parts, hidden_dim=s.part_head_hidden_dim,
+                                   nlayers=s.part_head_layers)
+        return MultiCropNetwork(backbone, head, parts)
+
+    student = network(m.drop_path_rate, m.grad_checkpointing, cfg.semantic.enabled)
+    teacher = network(0.0, False, False)  # DINO's teacher has no stochastic depth
+    shared = {k: v for k, v in student.state_dict().items() if not k.startswith("part_classifier.")}
+    teacher.load_state_dict(shared)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return student, teacher
+
+
+def load_head(path: str, student: MultiCropNetwork, teacher: MultiCropNetwork, dino_loss: DINOLoss) -> None:
+    """Start both heads and the center from a previous run's ``dino_head.safetensors``."""
+    state, metadata = read_checkpoint(path)
+    if metadata.get("format") != HEAD_FORMAT:
+        raise SystemExit(f"config error: model.init_head_from={path} is not a dino_head.safetensors "
+                         f"written by pretrain/run.py (format {metadata.get('format')!r})")
+    head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
+    for network in (student, teacher):
+        load_state(network.head, head, source=path)
+    if state["center"].shape != dino_loss.center.shape:
+        raise SystemExit(f"config error: model.init_head_from={path}: its center has shape "
+                         f"{tuple(state['center'].shape)}, model.out_dim needs {tuple(dino_loss.center.shape)}")
+    dino_loss.center.copy_(state["center"])
+
+
+def save_head(teacher: MultiCropNetwork, dino_loss: DINOLoss, path: Path, **metadata) -> None:
+    state = {f"head.{k}": v.detach().contiguous().cpu() for k, v in teacher.head.state_dict().items()}
+    state["center"] = dino_loss.center.detach().contiguous().cpu()
+    meta = {"format": HEAD_FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+
+
+def param_groups(student: MultiCropNetwork) -> list[dict]:
+    """DINO's two groups: weight decay (scheduled) on weights; none on biases, norms, position tables."""
+    no_decay_tables = {f"backbone.{n}" for n in student.backbone.no_weight_decay()}
+    decay, no_decay = [], []
+    for name, param in student.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".bias") or param.ndim == 1 or name in no_decay_tables:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "scheduled_weight_decay": True},
+            {"params": no_decay, "weight_decay": 0.0, "scheduled_weight_decay": False}]
+
+
+# ============================================================================== schedules
+
+def cosine_schedule(base: float, final: float, total: int, warmup: int = 0, warmup_start: float = 0.0) -> np.ndarray:
+    """Linear warm-up from ``warmup_start`` to ``base`` over ``warmup`` steps, then half a cosine to ``final``."""
+    ramp = np.linspace(warmup_start, base, warmup) if warmup > 0 else np.zeros(0)
+    steps = np.arange(total - warmup)
+    decay = final + 0.5 * (base - final) * (1 + np.cos(np.pi * steps / max(len(steps), 1)))
+    return np.concatenate([ramp, decay])
+
+
+@dataclass
+class Schedules:
+    """Per-iteration values, indexed by the global step (which is saved with the run's state)."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray
+    teacher_temp: np.ndarray
+    freeze_last_layer_steps: int
+
+    @classmethod
+    def build(cls, cfg: PretrainConfig, iters_per_epoch: int, total_batch: int) -> "Schedules":
+        o, d = cfg.optim, cfg.dino
+        total = o.epochs * iters_per_epoch
+        warm_temp = min(d.warmup_teacher_temp_epochs * iters_per_epoch, total)
+        temp = np.concatenate([np.linspace(d.warmup_teacher_temp, d.teacher_temp, warm_temp),
+                               np.full(total - warm_temp, d.teacher_temp)])
+        return cls(
+            lr=cosine_schedule(o.lr * total_batch / 256.0, o.min_lr, total, o.warmup_epochs * iters_per_epoch),
+            weight_decay=cosine_schedule(o.weight_decay, o.weight_decay_end, total),
+            momentum=cosine_schedule(d.momentum_teacher, 1.0, total),
+            teacher_temp=temp,
+            freeze_last_layer_steps=o.freeze_last_layer * iters_per_epoch,
+        )
+
+
+class Progress:
+    """Where the run is: saved with the accelerate state, so resuming continues exactly there."""
+
+    def __init__(self, iters_per_epoch: int = 0, total_batch: int = 0):
+        self.step = 0  # optimizer iterations done (skipped non-finite steps included)
+        self.epoch = 0  # data epoch in progress
+        self.batch = 0  # batches of that epoch already trained
+        self.iters_per_epoch = iters_per_epoch
+        self.total_batch = total_batch
+        self.nan_streak = 0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (int(state["iters_per_epoch"]), int(state["total_batch"]))
+        if saved != (self.iters_per_epoch, self.total_batch):
+            raise SystemExit(
+                f"resume: the checkpoint was written with {saved[0]} steps per epoch and a total batch of "
+                f"{saved[1]}; this run has {self.iters_per_epoch} and {self.total_batch}, so its schedules "
+                "would not continue (use the same data.batch_size_per_device, data.batches_per_epoch and "
+                "number of processes)")
+        for key in ("step", "epoch", "batch", "nan_streak"):
+            setattr(self, key, int(state[key]))
+
+
+# ============================================================================== one iteration
+
+@dataclass
+class Trainer:
+    accelerator: Accelerator
+    cfg: PretrainConfig
+    student: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    teacher: MultiCropNetwork
+    dino_loss: DINOLoss
+    optimizer: torch.optim.Optimizer
+    schedules: Schedules
+    stop: "StopRequest"
+
+
+@dataclass
+class StepResult:
+    stats: dict[str, float]
+    finite: bool
+    stop: bool  # some process received SIGTERM
+
+
+def clip_gradients(parameters, clip: float) -> None:
+    """DINO's clipping: every parameter's gradient norm is clipped to ``clip`` on its own."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    torch._foreach_mul_(grads, [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms])
+
+
+def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResult:
+    acc, cfg, sem, sched = t.accelerator, t.cfg, t.cfg.semantic, t.schedules
+    device = acc.device
+    for group in t.optimizer.param_groups:
+        group["lr"] = float(sched.lr[step])
+        if group["scheduled_weight_decay"]:
+            group["weight_decay"] = float(sched.weight_decay[step])
+    views = [v.to(device, non_blocking=True) for v in views]
+    batch = views[0].shape[0]
+    temp = float(sched.teacher_temp[step])
+
+    # λ per image, shared by all its views in student and teacher (SOLIDER's
+    # build_onehot_semantic_weight draws 0 or 1 per image); plain DINO runs at λ = 0.
+    if sem.enabled:
+        pick = torch.multinomial(torch.tensor(sem.lambda_probs), batch, replacement=True)
+        lam = torch.tensor(sem.lambda_values)[pick].to(device)
+    else:
+        lam = torch.zeros(batch, device=device)
+    lam_global = lam.repeat(2)
+    global_views = torch.cat(views[:2])
+
+    # Teacher: DINO targets at each image's λ; the copies at λ = 1 give the tokens to cluster.
+    with torch.no_grad(), acc.autocast():
+        teacher_out = t.teacher(views[:2], [lam, lam], extra=global_views if sem.enabled else None,
+                                extra_weights=torch.ones_like(lam_global) if sem.enabled else None)
+    stats: dict[str, float] = {}
+    masked = masked_lam = None
+    if sem.enabled:
+        clusters = cluster_parts(teacher_out.tokens[:2 * batch], sem.num_parts, sem.fg_ratio_threshold,
+                                 sem.kmeans_iters)
+        parts = choose_parts(clusters.sizes)
+        # Views with λ = 0 would get zero weight in the part loss: their masked copies are not built.
+        source = (clusters.valid & (lam_global > 0)).nonzero().squeeze(1)
+        masked = mask_parts(global_views[source], clusters.labels[source], parts[source])
+        masked_lam = lam_global[source]
+        valid = clusters.valid.sum().item()
+        stats["fg_ratio"] = clusters.fg_ratio.mean().item()
+        stats["semantic_views"] = valid / (2 * batch)
+        stats["masked_views"] = float(source.numel())
+        if valid:
+            share = clusters.sizes[clusters.valid].float().mean(0) / clusters.labels[0].numel()
+            stats["cluster_background"] = share[0].item()
+            for k in range(1, sem.num_parts + 1):
+                stats[f"cluster_part{k}"] = share[k].item()
+
+    with acc.autocast():
+        student_out = t.student(views, [lam] * len(views), extra=masked, extra_weights=masked_lam)
+        loss_dino = t.dino_loss(student_out.logits, teacher_out.logits, temp)
+        loss = loss_dino
+        if sem.enabled:
+            tokens = clusters.labels[0].numel()
+            labels = torch.cat([clusters.labels[source], clusters.labels]).flatten(1)
+            weights = torch.cat([masked_lam, lam_global * clusters.valid])
+            # SOLIDER's normalisation: the mean over the tokens of every usable view and its
+            # masked copy (λ = 0 views count, with weight 0); no usable view -> zero loss.
+            loss_part, accuracy = part_loss(student_out.part_logits, labels, weights, 2 * valid * tokens)
+            loss = loss + sem.loss_weight * loss_part
+            stats["loss_part"] = loss_part.item()
+            if not math.isnan(accuracy.item()):
+                stats["part_accuracy"] = accuracy.item()
+
+    # One collective: did any process get a non-finite loss, or a SIGTERM?
+    flags = acc.reduce(torch.stack([(~torch.isfinite(loss.detach())).float(),
+                                    torch.tensor(float(t.stop.requested), device=device)]), reduction="sum")
+    nonfinite, stop = (bool(v > 0) for v in flags.tolist())
+    stats.update(loss=loss.item(), loss_dino=loss_dino.item())
+    if nonfinite:
+        t.optimizer.zero_grad(set_to_none=True)
+        return StepResult(stats, False, stop)
+
+    acc.backward(loss)
+    if cfg.optim.clip_grad > 0:
+        acc.unscale_gradients()
+        clip_gradients(t.student.parameters(), cfg.optim.clip_grad)
+    unwrapped = acc.unwrap_model(t.student)
+    if step < sched.freeze_last_layer_steps:
+        for p in unwrapped.head.last_layer.parameters():
+            p.grad = None
+    t.optimizer.step()
+    t.optimizer.zero_grad(set_to_none=True)
+
+    ema_update(t.teacher, unwrapped, float(sched.momentum[step]))
+    stats.update(teacher_statistics(teacher_out.logits, t.dino_loss.center, temp))
+    t.dino_loss.update_center(teacher_out.logits)
+    return StepResult(stats, True, stop)
+
+
+# ============================================================================== run control
+
+class StopRequest:
+    """SIGTERM sets a flag; the loop checkpoints at the end of the current step and exits 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def find_latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step (``progress.json`` is written before the rename)."""
+    found = []
+    for folder in checkpoint_dir.glob("*"):
+        info = folder / "progress.json"
+        if folder.is_dir() and not folder.name.startswith(".") and info.is_file():
+            found.append((json.loads(info.read_text())["step"], folder.name, folder))
+    return max(found)[2] if found else None
+
+
+def save_checkpoint(acc: Accelerator, checkpoint_dir: Path, name: str, progress: Progress, keep: set[str]) -> Path:
+    """accelerate state into a temporary folder, renamed into place; older unkept ones removed."""
+    final, partial = checkpoint_dir / name, checkpoint_dir / f".{name}.partial"
+    if acc.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    acc.wait_for_everyone()
+    acc.save_state(str(partial))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (partial / "progress.json").write_text(json.dumps(progress.state_dict()) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        for old in checkpoint_dir.glob("*"):
+            if old.is_dir() and old != final and not old.name.startswith(".") and old.name not in keep:
+                shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+
+def save_outputs(acc: Accelerator, t: Trainer, out_dir: Path, progress: Progress) -> None:
+    if acc.is_main_process:
+        info = {"pretrain_step": progress.step, "pretrain_epoch": progress.epoch,
+                "semantic": t.cfg.semantic.enabled}
+        save_backbone(t.teacher.backbone, out_dir / "backbone.safetensors", **info)
+        save_head(t.teacher, t.dino_loss, out_dir / "dino_head.safetensors", **info)
+
+
+def run_knn(t: Trainer, splits) -> dict:
+    """Retrieval of the teacher's features on the main process; no random numbers consumed."""
+    cfg = t.cfg
+    with torch.random.fork_rng(devices=[]):
+        return knn_reid(t.teacher.backbone, splits, size=cfg.data.global_crop_size, mean=cfg.data.pixel_mean,
+                        std=cfg.data.pixel_std, batch_size=cfg.knn_eval.batch_size, device=t.accelerator.device,
+                        semantic_weight=cfg.knn_eval.semantic_weight, num_workers=min(cfg.data.num_workers, 4))
+
+
+class LogWindow:
+    """Sums of per-step statistics between two log lines, averaged over steps and processes."""
+
+    def __init__(self, keys: list[str]):
+        self.keys = keys
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums, self.counts = defaultdict(float), defaultdict(int)
+        self.steps, self.skipped, self.started = 0, 0, time.time()
+
+    def add(self, stats: dict[str, float], finite: bool) -> None:
+        self.steps += 1
+        self.skipped += 0 if finite else 1
+        for k, v in stats.items():
+            if math.isfinite(v):
+                self.sums[k] += v
+                self.counts[k] += 1
+
+    def summary(self, acc: Accelerator) -> dict[str, float]:
+        vector = torch.tensor([self.sums[k] for k in self.keys] + [float(self.counts[k]) for k in self.keys]
+                              + [float(self.skipped)], dtype=torch.float64, device=acc.device)
+        vector = acc.reduce(vector, reduction="sum").tolist()
+        n = len(self.keys)
+        out = {k: vector[i] / vector[n + i] for i, k in enumerate(self.keys) if vector[n + i] > 0}
+        out["skipped_steps"] = vector[2 * n]
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in results_dir (train.resume=auto)")
     args = parser.parse_args(argv)
     cfg = parse_config_from_args(PretrainConfig, args)
+    out_dir = Path(cfg.results_dir)
+    checkpoint_dir = out_dir / "checkpoints"
 
-    data_summary = describe_data(cfg)
-    student = build_backbone(cfg.model.arch, img_size=cfg.data.global_crop_size,
-                             drop_path_rate=cfg.model.drop_path_rate,
-                             grad_checkpointing=cfg.model.grad_checkpointing)
-    teacher = build_backbone(cfg.model.arch, img_size=cfg.data.global_crop_size, drop_path_rate=0.0)
-    teacher.load_state_dict(student.state_dict())
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=None if args.dry_run else "tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
+    )
+    main_process, world = accelerator.is_main_process, accelerator.num_processes
+    resume = "auto" if args.resume else cfg.train.resume
+    resume_from = None
+    if resume == "auto":
+        resume_from = find_latest_checkpoint(checkpoint_dir)
+    elif resume is not None:
+        resume_from = Path(resume)
+        if not (resume_from / "progress.json").is_file():
+            raise SystemExit(f"config error: train.resume={resume} is not a checkpoint folder written by "
+                             "pretrain/run.py (no progress.json)")
+
+    # ============ data ... ============
+    data = build_data(cfg, accelerator.process_index, world, pin_memory=accelerator.device.type == "cuda")
+    total_batch = cfg.data.batch_size_per_device * world
+
+    # ============ student, teacher, losses (same initial weights on every process) ... ============
+    set_seed(cfg.seed)
+    student, teacher = build_networks(cfg, load_init=resume_from is None)
+    dino_loss = DINOLoss(cfg.model.out_dim, student_temp=cfg.dino.student_temp,
+                         center_momentum=cfg.dino.center_momentum)
+    if cfg.model.init_head_from is not None and resume_from is None:
+        load_head(cfg.model.init_head_from, student, teacher, dino_loss)
+
+    # ============ optimizer and per-iteration schedules ... ============
+    optimizer = torch.optim.AdamW(param_groups(student))
+    schedules = Schedules.build(cfg, data.iters_per_epoch, total_batch)
+    progress = Progress(data.iters_per_epoch, total_batch)
 
     if args.dry_run:
-        print(format_config(cfg), end="")
-        print(f"# data: {data_summary}")
-        params = sum(p.numel() for p in student.parameters())
-        print(f"# student/teacher backbone: {cfg.model.arch}, {params / 1e6:.2f} M parameters each")
+        if main_process:
+            print(format_config(cfg), end="")
+            print(f"# data: {data.summary}; {data.iters_per_epoch} steps per epoch on {world} process(es)")
+            params = sum(p.numel() for p in student.backbone.parameters())
+            print(f"# student/teacher backbone: {cfg.model.arch}, {params / 1e6:.2f} M parameters each")
+            print(f"# peak lr {schedules.lr.max():.3g} for a total batch of {total_batch}")
         return 0
-    raise SystemExit("pretrain/run.py: the training loop is not implemented yet (issue #6); "
-                     "use --dry-run to check a config")
+
+    student, optimizer = accelerator.prepare(student, optimizer)
+    teacher.to(accelerator.device)
+    dino_loss.to(accelerator.device)
+    accelerator.register_for_checkpointing(teacher, dino_loss, progress)
+    set_seed(cfg.seed, device_specific=True)  # each process draws its own λ, masks and drop-path
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        if main_process:
+            print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch + 1}, "
+                  f"batch {progress.batch})")
+
+    trainer = Trainer(accelerator, cfg, student, teacher, dino_loss, optimizer, schedules, StopRequest())
+    knn_splits = load_query_gallery(cfg.knn_eval.dataset_dir) if cfg.knn_eval.dataset_dir and main_process else None
+    stat_keys = ["loss", "loss_dino", "loss_part", "part_accuracy", "fg_ratio", "semantic_views", "masked_views",
+                 "cluster_background", *[f"cluster_part{k}" for k in range(1, cfg.semantic.num_parts + 1)],
+                 "teacher_entropy", "teacher_batch_entropy", "teacher_kl_to_center"]
+    window = LogWindow(stat_keys)
+    log_path = out_dir / "log.jsonl"
+
+    def write_log(record: dict) -> None:
+        if main_process:
+            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                            step=record["step"])
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def knn_record(epoch: int) -> None:
+        if knn_splits is not None:
+            teacher.eval()
+            scores = run_knn(trainer, knn_splits)
+            teacher.train()
+            write_log({"step": progress.step, "epoch": epoch, "world_size": world,
+                       **{f"knn_{k}": v for k, v in scores.items()}})
+            print(f"kNN ReID of the teacher after epoch {epoch}: mAP {scores['mAP']:.2f}  "
+                  f"rank-1 {scores['rank1']:.2f}")
+        accelerator.wait_for_everyone()
+
+    if main_process:
+        save_resolved_config(cfg, out_dir)
+        print(f"training on {world} process(es) (world size {world}): {cfg.data.batch_size_per_device} images per "
+              f"process per step, {data.iters_per_epoch} steps per epoch, {cfg.optim.epochs} epochs; {data.summary}")
+    accelerator.init_trackers("pretrain")
+    if cfg.knn_eval.at_start and progress.step == 0:
+        knn_record(0)
+
+    epochs = cfg.optim.epochs
+    keep = lambda e: e % cfg.train.checkpoint_every == 0 or e == epochs  # noqa: E731
+    with trainer.stop:
+        for epoch in range(progress.epoch, epochs):
+            student.train()
+            teacher.train()
+            bar = tqdm(total=data.iters_per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not main_process)
+            for views in data.batches(epoch, progress.batch):
+                step = progress.step
+                result = train_one_step(trainer, views, step)
+                progress.step += 1
+                progress.batch += 1
+                window.add(result.stats, result.finite)
+                bar.update(1)
+                bar.set_postfix(loss=f"{result.stats['loss']:.3f}")
+                if result.finite:
+                    progress.nan_streak = 0
+                else:
+                    progress.nan_streak += 1
+                    accelerator.print(f"warning: non-finite loss ({result.stats['loss']}) at step {step}; "
+                                      f"step skipped ({progress.nan_streak} in a row)")
+                    if progress.nan_streak > cfg.train.max_nan_steps:
+                        raise SystemExit(
+                            f"pretrain/run.py: the loss was not finite for {progress.nan_streak} step(s) in a row "
+                            f"(last: step {step}, epoch {epoch + 1}); train.max_nan_steps={cfg.train.max_nan_steps}. "
+                            "Lower optim.lr, raise optim.warmup_epochs, use train.mixed_precision=bf16 or no, or "
+                            f"resume from the last checkpoint in {checkpoint_dir}")
+                if progress.step % cfg.train.log_every == 0 or result.stop:
+                    seconds = time.time() - window.started
+                    record = {"step": progress.step, "epoch": epoch + progress.batch / data.iters_per_epoch,
+                              "steps": window.steps, **window.summary(accelerator),
+                              "lr": float(schedules.lr[step]), "weight_decay": float(schedules.weight_decay[step]),
+                              "teacher_momentum": float(schedules.momentum[step]), "teacher_temp": float(
+                                  schedules.teacher_temp[step]), "world_size": world,
+                              "images_per_second": window.steps * total_batch / max(seconds, 1e-9)}
+                    write_log(record)
+                    window.reset()
+                if result.stop:
+                    bar.close()
+                    saved = save_checkpoint(accelerator, checkpoint_dir, f"step_{progress.step:08d}", progress,
+                                            {f"epoch_{e:04d}" for e in range(1, epochs + 1) if keep(e)}
+                                            | {f"step_{progress.step:08d}"})
+                    accelerator.print(f"SIGTERM: saved {saved} at step {progress.step}; exiting")
+                    accelerator.end_training()
+                    return 0
+            bar.close()
+            progress.epoch, progress.batch = epoch + 1, 0
+            if (epoch + 1) % cfg.knn_eval.every_epochs == 0 or epoch + 1 == epochs:
+                knn_record(epoch + 1)
+            name = f"epoch_{epoch + 1:04d}"
+            save_checkpoint(accelerator, checkpoint_dir, name, progress,
+                            {f"epoch_{e:04d}" for e in range(1, epochs + 1) if keep(e)} | {name})
+            save_outputs(accelerator, trainer, out_dir, progress)
+
+    if main_process:
+        print(f"done: {progress.step} steps; teacher backbone in {out_dir / 'backbone.safetensors'}")
+    accelerator.end_training()
+    return 0
 
 
 if __name__ == "__main__":
