@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections import defaultdict
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from backbone import CheckpointError
+from common.checkpointing import save_state_atomically
 from common.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
 from common.io import atomic_write_json
 from finetune.config import DatasetConfig, FinetuneConfig
@@ -74,23 +74,6 @@ class Progress:
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     found = sorted(checkpoint_dir.glob("epoch_[0-9][0-9][0-9]*"))
     return found[-1] if found else None
-
-
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, epoch: int) -> Path:
-    """accelerate state into a temporary folder, renamed into place once complete."""
-    final = checkpoint_dir / f"epoch_{epoch:03d}"
-    partial = checkpoint_dir / f".epoch_{epoch:03d}.partial"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(log_path, "a", encoding="utf-8") as log:
                 log.write(json.dumps(record) + "\n")
         if (epoch + 1) % cfg.train.checkpoint_interval == 0 or last_epoch:
-            save_checkpoint(accelerator, checkpoint_dir, epoch + 1)
+            save_state_atomically(accelerator, checkpoint_dir / f"epoch_{epoch + 1:03d}")
             if main_process:
                 save_reid_model(accelerator.unwrap_model(model), out_dir / "model.safetensors", cfg.model,
                                 num_classes, cosine_scale=optim_cfg.cosine_scale,

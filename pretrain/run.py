@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
 from backbone import build_backbone, load_state, read_checkpoint, save_backbone
+from common.checkpointing import save_state_atomically
 from common.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
 from common.io import atomic_path
 from pretrain.config import PretrainConfig
@@ -489,18 +490,10 @@ def find_latest_checkpoint(checkpoint_dir: Path) -> Path | None:
 
 
 def save_checkpoint(acc: Accelerator, checkpoint_dir: Path, name: str, progress: Progress, keep: set[str]) -> Path:
-    """accelerate state into a temporary folder, renamed into place; older unkept ones removed."""
-    final, partial = checkpoint_dir / name, checkpoint_dir / f".{name}.partial"
-    if acc.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    acc.wait_for_everyone()
-    acc.save_state(str(partial))
-    acc.wait_for_everyone()
+    """accelerate state (+ progress.json) saved atomically; older checkpoints not in ``keep`` removed."""
+    final = save_state_atomically(acc, checkpoint_dir / name,
+                                  {"progress.json": json.dumps(progress.state_dict()) + "\n"})
     if acc.is_main_process:
-        (partial / "progress.json").write_text(json.dumps(progress.state_dict()) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
         for old in checkpoint_dir.glob("*"):
             if old.is_dir() and old != final and not old.name.startswith(".") and old.name not in keep:
                 shutil.rmtree(old)
