@@ -18,7 +18,9 @@ install: $(STAMP)
 $(DEMO_WORLD)/world.json: | $(STAMP)
 	$(BIN)/python -m data_shards.synth $(DEMO_WORLD) --overwrite
 
-LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+# accelerate launch would pin the process to one CPU thread; give it every core.
+LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+	--num_cpu_threads_per_process $(shell nproc)
 DEMO_RESULTS := results/demo
 
 demo: $(STAMP) $(DEMO_WORLD)/world.json
