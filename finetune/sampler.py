@@ -39,12 +39,18 @@ class IdentityBatchSampler:
                              "batch size or raise num_instances")
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        self._plan: tuple[int, list] | None = None  # (epoch, steps): len() and iter() share one draw
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _global_steps(self) -> list[list[list[int]]]:
         """The epoch's steps, each a list of ``ids_per_step`` groups of K indices."""
+        if self._plan is None or self._plan[0] != self.epoch:
+            self._plan = (self.epoch, self._draw_steps())
+        return self._plan[1]
+
+    def _draw_steps(self) -> list[list[list[int]]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         groups_by_pid = {}
         for pid in self.pids:
