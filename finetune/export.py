@@ -38,7 +38,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbone import CheckpointError
 from common.config import add_config_args, parse_config_from_args
 from common.io import atomic_path, atomic_write_text
 from finetune.config import FinetuneConfig
@@ -263,14 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"would export {checkpoint} -> {onnx_file} (+ {snippet.name})")
         return 0
 
-    from finetune.model import load_reid_model  # after argument checks: imports timm
+    from finetune.model import load_reid_model_for_cli  # after argument checks: imports timm
 
-    try:
-        model, model_cfg, info = load_reid_model(checkpoint, cfg.model, allow_partial=args.allow_partial)
-    except CheckpointError as exc:
-        raise SystemExit(f"export.checkpoint: {exc}") from None
-    if info.get("load_report"):
-        print(f"loaded {info['load_report']}")
+    model, model_cfg, info = load_reid_model_for_cli(checkpoint, cfg.model, allow_partial=args.allow_partial,
+                                                     config_key="export.checkpoint")
     size = (model_cfg.input_height, model_cfg.input_width)
     mean, std = cfg.dataset.pixel_mean, cfg.dataset.pixel_std
     device = torch.device(f"cuda:{cfg.export.gpu_id}" if torch.cuda.is_available() else "cpu")

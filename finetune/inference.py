@@ -34,7 +34,6 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from backbone import CheckpointError
 from common.config import add_config_args, parse_config_from_args
 from common.io import atomic_path, atomic_write_json
 from finetune.config import FinetuneConfig
@@ -214,14 +213,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from finetune.model import load_reid_model
+    from finetune.model import load_reid_model_for_cli
 
-    try:
-        model, model_cfg, info = load_reid_model(checkpoint, cfg.model, allow_partial=args.allow_partial)
-    except CheckpointError as exc:
-        raise SystemExit(f"inference.checkpoint: {exc}") from None
-    if info.get("load_report"):
-        print(f"loaded {info['load_report']}")
+    model, model_cfg, info = load_reid_model_for_cli(checkpoint, cfg.model, allow_partial=args.allow_partial,
+                                                     config_key="inference.checkpoint")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     chunks = embed_images(model, paths, size=(model_cfg.input_height, model_cfg.input_width),
                           mean=cfg.dataset.pixel_mean, std=cfg.dataset.pixel_std,

@@ -120,6 +120,15 @@ def _as_id_vector(name: str, values, expected_length: int, expected_from: str,
     return ids.to(device=device, dtype=torch.int64)
 
 
+def _id_vectors(q_pids, q_camids, g_pids, g_camids, num_query: int, num_gallery: int,
+                query_from: str, gallery_from: str, device):
+    """The four id vectors as checked tensors on ``device`` (shape errors name their source)."""
+    return (_as_id_vector("q_pids", q_pids, num_query, query_from, device),
+            _as_id_vector("q_camids", q_camids, num_query, query_from, device),
+            _as_id_vector("g_pids", g_pids, num_gallery, gallery_from, device),
+            _as_id_vector("g_camids", g_camids, num_gallery, gallery_from, device))
+
+
 def _checked_max_rank(max_rank: int, num_gallery: int) -> int:
     if isinstance(max_rank, bool) or not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise ValueError(f"max_rank must be a positive integer, got {max_rank!r}")
@@ -360,10 +369,9 @@ def evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int 
     dist = _as_distance_tensor(distmat)
     num_query, num_gallery = dist.shape
     device = dist.device
-    q_pids_t = _as_id_vector("q_pids", q_pids, num_query, f"distmat rows {tuple(dist.shape)}", device)
-    q_cams_t = _as_id_vector("q_camids", q_camids, num_query, f"distmat rows {tuple(dist.shape)}", device)
-    g_pids_t = _as_id_vector("g_pids", g_pids, num_gallery, f"distmat columns {tuple(dist.shape)}", device)
-    g_cams_t = _as_id_vector("g_camids", g_camids, num_gallery, f"distmat columns {tuple(dist.shape)}", device)
+    q_pids_t, q_cams_t, g_pids_t, g_cams_t = _id_vectors(
+        q_pids, q_camids, g_pids, g_camids, num_query, num_gallery,
+        f"distmat rows {tuple(dist.shape)}", f"distmat columns {tuple(dist.shape)}", device)
     max_rank = _checked_max_rank(max_rank, num_gallery)
     step = _checked_chunk_size(chunk_size, num_gallery)
 
@@ -496,10 +504,9 @@ def evaluate_ranking_from_features(q_feats, g_feats, q_pids, g_pids, q_camids, g
     query, gallery = _prepared_features(q_feats, g_feats, metric, normalize)
     num_query, num_gallery = query.shape[0], gallery.shape[0]
     device = query.device
-    q_pids_t = _as_id_vector("q_pids", q_pids, num_query, f"q_feats rows {tuple(query.shape)}", device)
-    q_cams_t = _as_id_vector("q_camids", q_camids, num_query, f"q_feats rows {tuple(query.shape)}", device)
-    g_pids_t = _as_id_vector("g_pids", g_pids, num_gallery, f"g_feats rows {tuple(gallery.shape)}", device)
-    g_cams_t = _as_id_vector("g_camids", g_camids, num_gallery, f"g_feats rows {tuple(gallery.shape)}", device)
+    q_pids_t, q_cams_t, g_pids_t, g_cams_t = _id_vectors(
+        q_pids, q_camids, g_pids, g_camids, num_query, num_gallery,
+        f"q_feats rows {tuple(query.shape)}", f"g_feats rows {tuple(gallery.shape)}", device)
     max_rank = _checked_max_rank(max_rank, num_gallery)
     step = _checked_chunk_size(chunk_size, num_gallery)
 
