@@ -73,6 +73,12 @@ class DataConfig:
     # width/height range of the random-resized crops as multiples of each view's own
     # width/height: 256x128 and 128x64 views -> 0.4-0.6, SOLIDER's choice for persons
     crop_aspect_ratio_scale: tuple[float, float] = option((0.8, 1.2))
+    # probability of colour jitter on each view (DINO: 0.8)
+    color_jitter_prob: float = option(0.8)
+    # colour-jitter strengths: brightness, contrast, saturation, hue (torchvision ColorJitter; DINO: 0.4 0.4 0.2 0.1)
+    color_jitter: tuple[float, float, float, float] = option((0.4, 0.4, 0.2, 0.1))
+    # probability of converting each view to grayscale (DINO: 0.2)
+    grayscale_prob: float = option(0.2)
     # per-channel normalisation mean (RGB, 0-1 scale)
     pixel_mean: tuple[float, float, float] = option((0.485, 0.456, 0.406))
     # per-channel normalisation std (RGB, 0-1 scale)
@@ -96,6 +102,10 @@ class DataConfig:
         require(0 < lo <= hi, "crop_aspect_ratio_scale", "must be [min, max] with 0 < min <= max")
         require(self.local_crops_number >= 0, "local_crops_number", "must be >= 0")
         require(all(s > 0 for s in self.pixel_std), "pixel_std", "must be positive")
+        for key in ("color_jitter_prob", "grayscale_prob"):
+            require(0 <= getattr(self, key) <= 1, key, "must be a probability in [0, 1]")
+        require(all(x >= 0 for x in self.color_jitter) and self.color_jitter[3] <= 0.5, "color_jitter",
+                "must be [brightness, contrast, saturation, hue], each >= 0, hue <= 0.5")
 
 
 @dataclass

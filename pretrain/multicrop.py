@@ -7,9 +7,9 @@ Two global views (``global_size``, area scale 0.8-1.0 in the ReID recipe) and N 
 SOLIDER's hand-written choice for 256x128, and any other size from the config gets the
 matching range instead of a lookup table.
 
-Photometric recipe as DINO's ``DataAugmentationDINO``: horizontal flip (p 0.5), colour
-jitter (p 0.8; brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in random order),
-grayscale (p 0.2); then Gaussian blur with radius 0.1-2 px on global view 1 always, on
+Photometric recipe as DINO's ``DataAugmentationDINO`` (the defaults): horizontal flip (p 0.5),
+colour jitter (p 0.8; brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in random order),
+grayscale (p 0.2) -- jitter and grayscale strengths are arguments; then Gaussian blur with radius 0.1-2 px on global view 1 always, on
 global view 2 with p 0.1 and on local views with p 0.5; solarisation (p 0.2) on global
 view 2 only; finally ToTensor and normalisation.
 
@@ -75,7 +75,8 @@ class MultiCropAugmentation:
                  global_scale: Sequence[float] = (0.8, 1.0), local_scale: Sequence[float] = (0.05, 0.8),
                  local_number: int = 8, aspect_ratio_scale: Sequence[float] = (0.8, 1.2),
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 seed: int = 0, rank: int = 0):
+                 color_jitter_prob: float = 0.8, color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1),
+                 grayscale_prob: float = 0.2, seed: int = 0, rank: int = 0):
         self.global_size = (int(global_size[0]), int(global_size[1]))
         self.local_size = (int(local_size[0]), int(local_size[1]))
         self.global_scale = (float(global_scale[0]), float(global_scale[1]))
@@ -83,6 +84,8 @@ class MultiCropAugmentation:
         self.local_number = int(local_number)
         self.aspect_ratio_scale = (float(aspect_ratio_scale[0]), float(aspect_ratio_scale[1]))
         self.mean, self.std = list(mean), list(std)
+        self.color_jitter_prob, self.grayscale_prob = float(color_jitter_prob), float(grayscale_prob)
+        self.color_jitter = tuple(float(x) for x in color_jitter)  # brightness, contrast, saturation, hue
         self.seed, self.rank, self.epoch = seed, rank, 0
         self._stream: tuple[tuple, random.Random] | None = None
 
@@ -102,9 +105,9 @@ class MultiCropAugmentation:
         view = TF.resized_crop(image, top, left, h, w, list(size), interpolation=InterpolationMode.BICUBIC)
         if rng.random() < 0.5:
             view = TF.hflip(view)
-        if rng.random() < 0.8:
+        if rng.random() < self.color_jitter_prob:
             view = self._color_jitter(view, rng)
-        if rng.random() < 0.2:
+        if rng.random() < self.grayscale_prob:
             view = TF.rgb_to_grayscale(view, num_output_channels=3)
         if rng.random() < blur_prob:
             view = view.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.1, 2.0)))
@@ -112,10 +115,12 @@ class MultiCropAugmentation:
             view = ImageOps.solarize(view)
         return TF.normalize(TF.to_tensor(view), self.mean, self.std)
 
-    @staticmethod
-    def _color_jitter(view: Image.Image, rng: random.Random) -> Image.Image:
-        # torchvision's ColorJitter(0.4, 0.4, 0.2, 0.1): factors drawn first, applied in random order
-        factors = [rng.uniform(0.6, 1.4), rng.uniform(0.6, 1.4), rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1)]
+    def _color_jitter(self, view: Image.Image, rng: random.Random) -> Image.Image:
+        # torchvision's ColorJitter(b, c, s, h) (DINO: 0.4, 0.4, 0.2, 0.1): factors drawn first,
+        # applied in random order
+        b, c, s, h = self.color_jitter
+        factors = [rng.uniform(max(0.0, 1 - b), 1 + b), rng.uniform(max(0.0, 1 - c), 1 + c),
+                   rng.uniform(max(0.0, 1 - s), 1 + s), rng.uniform(-h, h)]
         ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
         order = list(range(4))
         rng.shuffle(order)

@@ -171,7 +171,8 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
     augment = MultiCropAugmentation(
         d.global_crop_size, d.local_crop_size, global_scale=d.global_crop_scale, local_scale=d.local_crop_scale,
         local_number=d.local_crops_number, aspect_ratio_scale=d.crop_aspect_ratio_scale, mean=d.pixel_mean,
-        std=d.pixel_std, seed=cfg.seed, rank=rank)
+        std=d.pixel_std, color_jitter_prob=d.color_jitter_prob, color_jitter=d.color_jitter,
+        grayscale_prob=d.grayscale_prob, seed=cfg.seed, rank=rank)
     if d.kind == "folder":
         root = Path(d.path)
         if not root.is_dir():

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import adjusted_rand_score
 
 from backbone import build_backbone
-from common.config import load_config
+from common.config import ConfigError, config_from_dict, load_config
 from pretrain import run
 from pretrain.config import PretrainConfig
 from pretrain.dino import DINOLoss
@@ -63,6 +63,27 @@ def test_multicrop_views_sizes_and_determinism():
     # the crop's aspect-ratio range is centred on each view's own width/height
     assert augment.ratio_range((256, 128)) == pytest.approx((0.4, 0.6))
     assert augment.ratio_range((384, 128)) == pytest.approx((1 / 3 * 0.8, 1 / 3 * 1.2))
+
+
+def test_multicrop_photometric_strengths_are_configurable():
+    """With jitter and grayscale off, a global view of a flat colour keeps that colour exactly
+    (global view 2 may still be solarised, so only view 1 is checked); with grayscale forced,
+    every view is gray."""
+    image = Image.new("RGB", (64, 128), (200, 40, 90))
+    plain = MultiCropAugmentation((128, 64), (64, 32), local_number=2, color_jitter_prob=0.0,
+                                  grayscale_prob=0.0, mean=(0, 0, 0), std=(1, 1, 1))
+    view = plain.crops(image, random.Random(0))[0]
+    assert torch.allclose(view.mean((1, 2)), torch.tensor([200, 40, 90]) / 255, atol=1e-3)
+    gray = MultiCropAugmentation((128, 64), (64, 32), local_number=2, grayscale_prob=1.0)
+    for v in gray.crops(image, random.Random(0)):
+        assert torch.allclose(v[0] * 0.229 + 0.485, v[1] * 0.224 + 0.456, atol=1e-5)
+
+
+def test_pretrain_config_rejects_bad_photometric_values():
+    with pytest.raises(ConfigError, match="grayscale_prob"):
+        config_from_dict(PretrainConfig, {"data": {"grayscale_prob": 1.5}}, "test")
+    with pytest.raises(ConfigError, match="color_jitter"):
+        config_from_dict(PretrainConfig, {"data": {"color_jitter": [0.4, 0.4, 0.2, 0.7]}}, "test")
 
 
 # --- clustering --------------------------------------------------------------------------------
