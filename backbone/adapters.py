@@ -254,28 +254,28 @@ def convert_solider(state: Mapping[str, torch.Tensor]) -> Conversion:
     return out
 
 
+def _convert_reid_model(state: Mapping[str, torch.Tensor], source: str, prefix: str,
+                        dropped: Mapping[str, str]) -> Conversion:
+    """The SOLIDER-REID layout under ``prefix``: ``base.`` (mmcv Swin), ``fcneck``, ``bottleneck``, ``classifier``."""
+    state = strip_module_prefix(state)
+    out = Conversion(source, {})
+    used = _convert_mmcv_backbone(state, prefix + "base.", out)
+    used |= _take_head(state, {prefix + "fcneck.": "reduction.", prefix + "bottleneck.": "bottleneck.",
+                               prefix + "classifier.": "classifier."}, out)
+    _leftovers(state, used, out, dropped)
+    return out
+
+
 def convert_solider_reid(state: Mapping[str, torch.Tensor]) -> Conversion:
     """SOLIDER-REID fine-tuned model: ``base.`` (mmcv Swin), ``fcneck``, ``bottleneck``, ``classifier``."""
-    state = strip_module_prefix(state)
-    out = Conversion("solider-reid", {})
-    used = _convert_mmcv_backbone(state, "base.", out)
-    used |= _take_head(state, {"fcneck.": "reduction.", "bottleneck.": "bottleneck.",
-                               "classifier.": "classifier."}, out)
-    _leftovers(state, used, out, {})
-    return out
+    return _convert_reid_model(state, "solider-reid", "", {})
 
 
 def convert_tao(state: Mapping[str, torch.Tensor]) -> Conversion:
     """TAO ReIdentificationNet (Swin) Lightning ``state_dict``: the SOLIDER-REID layout under ``model.``."""
-    state = strip_module_prefix(state)
-    out = Conversion("tao", {})
-    used = _convert_mmcv_backbone(state, "model.base.", out)
-    used |= _take_head(state, {"model.fcneck.": "reduction.", "model.bottleneck.": "bottleneck.",
-                               "model.classifier.": "classifier."}, out)
     training = "TAO training-only state (metrics / center-loss centres)"
-    _leftovers(state, used, out, {"center_criterion.": training, "train_accuracy.": training,
-                                  "val_accuracy.": training})
-    return out
+    return _convert_reid_model(state, "tao", "model.", {"center_criterion.": training, "train_accuracy.": training,
+                                                        "val_accuracy.": training})
 
 
 # --- timm / Microsoft (ImageNet) --------------------------------------------------------
