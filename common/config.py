@@ -135,7 +135,7 @@ def _apply_override(raw: dict, text: str, sources: dict[str, str]) -> None:
     key, sep, value_text = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"{src}: expected KEY=VALUE with a dotted KEY, e.g. train.num_epochs=5")
+        raise ConfigError(f"{src}: expected KEY=VALUE with a dotted KEY, e.g. section.key=5")
     try:
         value = _parse_yaml(value_text)
     except yaml.YAMLError as e:
@@ -466,14 +466,19 @@ def save_resolved_config(cfg: Any, results_dir: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Command line.
 
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--config PATH`` (required), ``--dry-run`` and positional ``KEY=VALUE`` overrides."""
+FINETUNE_OVERRIDE_EXAMPLES = "train.num_epochs=5 dataset.pixel_mean=[0.5,0.5,0.5] model.pretrained_model_path=null"
+
+
+def add_config_args(parser: argparse.ArgumentParser,
+                    examples: str = FINETUNE_OVERRIDE_EXAMPLES) -> argparse.ArgumentParser:
+    """Add ``--config PATH`` (required), ``--dry-run`` and positional ``KEY=VALUE`` overrides.
+
+    ``examples`` are overrides of the script's own schema, shown in ``--help``."""
     parser.add_argument("--config", required=True, metavar="PATH", help="YAML experiment spec")
     parser.add_argument("--dry-run", action="store_true",
                         help="load and validate the config, print the resolved result, and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides parsed as YAML, e.g. train.num_epochs=5 "
-                             "dataset.pixel_mean=[0.5,0.5,0.5] model.pretrained_model_path=null")
+                        help=f"dotted overrides parsed as YAML, e.g. {examples}")
     return parser
 
 

@@ -549,7 +549,8 @@ class LogWindow:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                             examples="optim.epochs=5 data.batch_size_per_device=32 model.init_from=null")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in results_dir (train.resume=auto)")
     args = parser.parse_args(argv)
