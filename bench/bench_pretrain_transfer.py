@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
-def knn_scores(args, checkpoint: str | None, seed: int) -> dict:
+def knn_scores(args, splits, checkpoint: str | None, seed: int) -> dict:
     torch.manual_seed(seed)
     backbone = build_backbone(args.arch, img_size=args.size, checkpoint=checkpoint, drop_path_rate=0.0)
-    return knn_reid(backbone, load_query_gallery(args.world), size=args.size, mean=IMAGENET[0], std=IMAGENET[1],
+    return knn_reid(backbone, splits, size=args.size, mean=IMAGENET[0], std=IMAGENET[1],
                     semantic_weight=args.semantic_weight)
 
 
@@ -83,8 +83,9 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     print(f"(a) kNN ReID on {args.world} at {args.size[0]}x{args.size[1]}, λ={args.semantic_weight}")
-    random_knn = [knn_scores(args, None, s) for s in args.seeds]
-    pretrained_knn = knn_scores(args, args.backbone, args.seeds[0])
+    splits = load_query_gallery(args.world)
+    random_knn = [knn_scores(args, splits, None, s) for s in args.seeds]
+    pretrained_knn = knn_scores(args, splits, args.backbone, args.seeds[0])
     random_map = float(np.mean([r["mAP"] for r in random_knn]))
     print("| backbone | kNN mAP | kNN rank-1 |\n|---|---:|---:|")
     for seed, r in zip(args.seeds, random_knn):
@@ -112,8 +113,8 @@ def main() -> None:
             means[arm] = {e: float(np.mean([r["by_epoch"][e]["mAP"] for r in mine])) for e in epochs}
             rank1 = float(np.mean([r["by_epoch"][epochs[-1]]["rank1"] for r in mine]))
             print(f"| {arm} | mean | " + " | ".join(f"{means[arm][e]:.1f}" for e in epochs) + f" | {rank1:.1f} |")
-        wins = sum(p["by_epoch"][epochs[-1]]["mAP"] > r["by_epoch"][epochs[-1]]["mAP"]
-                   for p, r in zip([r for r in runs if r["arm"] == "pretrained"], [r for r in runs if r["arm"] == "random"]))
+        last_map = {(r["arm"], r["seed"]): r["by_epoch"][epochs[-1]]["mAP"] for r in runs}
+        wins = sum(last_map["pretrained", s] > last_map["random", s] for s in args.seeds)
         print(f"pretrained / random fine-tune mAP after {epochs[-1]} epochs: "
               f"{means['pretrained'][epochs[-1]] / means['random'][epochs[-1]]:.2f}x "
               f"(pretrained ahead in {wins} of {len(args.seeds)} seeds)")
