@@ -46,7 +46,7 @@ def knn_scores(args, splits, checkpoint: str | None, seed: int) -> dict:
 
 def finetune(args, arm: str, seed: int) -> dict:
     out = Path(args.out) / f"{arm}_seed{seed}"
-    pretrained = args.backbone if arm == "pretrained" else "null"
+    pretrained = args.backbone[0] if arm == "pretrained" else "null"
     command = [sys.executable, str(ROOT / "finetune/run.py"), "--config", args.config, f"results_dir={out}",
                f"train.seed={seed}", f"model.pretrained_model_path={pretrained}", f"train.num_epochs={args.epochs}"]
     log = out.with_suffix(".log")
@@ -64,8 +64,9 @@ def finetune(args, arm: str, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="results/pretrain/synthetic_tiny_dino/backbone.safetensors",
-                        help="pretrained backbone .safetensors written by pretrain/run.py")
+    parser.add_argument("--backbone", nargs="+", default=["results/pretrain/synthetic_tiny_dino/backbone.safetensors"],
+                        help="pretrained backbone(s) .safetensors written by pretrain/run.py, e.g. one per "
+                             "pretraining seed; all are kNN-scored, the first is fine-tuned")
     parser.add_argument("--world", default="data/synthetic", help="Market-1501-layout synthetic world")
     parser.add_argument("--config", default="configs/finetune/synthetic_tiny_transfer.yaml")
     parser.add_argument("--arch", default="swin_pico_patch4_window7")
@@ -77,23 +78,30 @@ def main() -> None:
     parser.add_argument("--out", default="results/bench/pretrain_transfer")
     parser.add_argument("--skip-finetune", action="store_true", help="only the kNN check (a)")
     args = parser.parse_args()
-    if not Path(args.backbone).is_file():
-        raise SystemExit(f"--backbone {args.backbone} does not exist; run "
-                         "`python pretrain/run.py --config configs/pretrain/synthetic_tiny_dino.yaml` first")
+    for path in args.backbone:
+        if not Path(path).is_file():
+            raise SystemExit(f"--backbone {path} does not exist; run "
+                             "`python pretrain/run.py --config configs/pretrain/synthetic_tiny_dino.yaml` first")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     print(f"(a) kNN ReID on {args.world} at {args.size[0]}x{args.size[1]}, λ={args.semantic_weight}")
     splits = load_query_gallery(args.world)
     random_knn = [knn_scores(args, splits, None, s) for s in args.seeds]
-    pretrained_knn = knn_scores(args, splits, args.backbone, args.seeds[0])
+    pretrained_knn = [knn_scores(args, splits, path, args.seeds[0]) for path in args.backbone]
     random_map = float(np.mean([r["mAP"] for r in random_knn]))
+    pretrained_map = float(np.mean([r["mAP"] for r in pretrained_knn]))
+    best_random = max(r["mAP"] for r in random_knn)
     print("| backbone | kNN mAP | kNN rank-1 |\n|---|---:|---:|")
     for seed, r in zip(args.seeds, random_knn):
         print(f"| random init (seed {seed}) | {r['mAP']:.2f} | {r['rank1']:.2f} |")
     print(f"| random init, mean | {random_map:.2f} | {np.mean([r['rank1'] for r in random_knn]):.2f} |")
-    print(f"| pretrained ({args.backbone}) | {pretrained_knn['mAP']:.2f} | {pretrained_knn['rank1']:.2f} |")
-    print(f"pretrained / random kNN mAP: {pretrained_knn['mAP'] / random_map:.2f}x")
-    summary = {"knn": {"random": random_knn, "pretrained": pretrained_knn, "random_mean_mAP": random_map},
+    for path, r in zip(args.backbone, pretrained_knn):
+        print(f"| pretrained ({path}) | {r['mAP']:.2f} | {r['rank1']:.2f} |")
+    above = sum(r["mAP"] > best_random for r in pretrained_knn)
+    print(f"pretrained / random kNN mAP (means): {pretrained_map / random_map:.2f}x; "
+          f"{above} of {len(pretrained_knn)} pretrained backbone(s) above every random init")
+    summary = {"knn": {"random": random_knn, "pretrained": pretrained_knn, "random_mean_mAP": random_map,
+                       "pretrained_mean_mAP": pretrained_map, "pretrained_above_every_random": above},
                "backbone": args.backbone, "config": args.config, "epochs": args.epochs, "seeds": args.seeds}
 
     if not args.skip_finetune:

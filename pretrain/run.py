@@ -60,7 +60,7 @@ from backbone import build_backbone, load_state, read_checkpoint, save_backbone
 from common.checkpointing import save_state_atomically
 from common.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
 from common.io import atomic_path
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, recipe_warnings
 from pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
 from pretrain.knn import knn_reid, load_query_gallery
 from pretrain.multicrop import MultiCropAugmentation, derive_seed
@@ -564,6 +564,10 @@ def main(argv: list[str] | None = None) -> int:
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
     )
     main_process, world = accelerator.is_main_process, accelerator.num_processes
+    if main_process:
+        on_cpu = accelerator.device.type == "cpu"
+        for warning in recipe_warnings(cfg, torch.backends.cpu.get_cpu_capability() if on_cpu else None):
+            print(f"warning: {warning}", file=sys.stderr)
     resume = "auto" if args.resume else cfg.train.resume
     resume_from = None
     if resume == "auto":

@@ -28,3 +28,32 @@ def test_cpu_precision_bench_rejects_zero_repeats(capsys, monkeypatch):
         runpy.run_path(str(BENCH / "bench_cpu_precision.py"), run_name="__main__")
     assert done.value.code == 2
     assert "--repeats must be at least 1" in capsys.readouterr().err
+
+
+def test_pretrain_transfer_bench_scores_every_backbone_against_the_random_inits(tiny_world, tmp_path, capsys,
+                                                                                monkeypatch):
+    import json
+
+    import torch
+
+    from backbone import build_backbone, save_backbone
+    paths = []
+    for seed in (5, 6):  # stand-ins for pretrained backbones: other random inits, saved as pretrain/run.py does
+        torch.manual_seed(seed)
+        path = tmp_path / f"backbone_{seed}.safetensors"
+        save_backbone(build_backbone("swin_pico_patch4_window7", img_size=(64, 32), drop_path_rate=0.0), path)
+        paths.append(str(path))
+    out_dir = tmp_path / "bench"
+    monkeypatch.setattr(sys, "argv", ["bench_pretrain_transfer.py", "--world", str(tiny_world), "--size", "64", "32",
+                                      "--seeds", "0", "1", "--skip-finetune", "--out", str(out_dir),
+                                      "--backbone", *paths])
+    runpy.run_path(str(BENCH / "bench_pretrain_transfer.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (random init \(seed \d\)|pretrained \(.*?\)) \| ([0-9.]+) \|", out, re.M)
+    assert [name.split(" (")[0] for name, _ in rows] == ["random init"] * 2 + ["pretrained"] * 2
+    summary = json.loads((out_dir / "summary.json").read_text())
+    random_maps = [r["mAP"] for r in summary["knn"]["random"]]
+    pretrained_maps = [r["mAP"] for r in summary["knn"]["pretrained"]]
+    assert [float(v) for _, v in rows] == pytest.approx([round(m, 2) for m in random_maps + pretrained_maps], abs=0.006)
+    assert summary["knn"]["pretrained_above_every_random"] == sum(m > max(random_maps) for m in pretrained_maps)
+    assert "of 2 pretrained backbone(s) above every random init" in out

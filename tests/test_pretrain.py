@@ -20,7 +20,7 @@ from sklearn.metrics import adjusted_rand_score
 from backbone import build_backbone
 from common.config import ConfigError, config_from_dict, load_config
 from pretrain import run
-from pretrain.config import PretrainConfig
+from pretrain.config import PretrainConfig, recipe_warnings
 from pretrain.dino import DINOLoss
 from pretrain.multicrop import MultiCropAugmentation
 from pretrain.semantic import cluster_parts, mask_parts, sklearn_part_labels
@@ -85,6 +85,23 @@ def test_pretrain_config_rejects_bad_photometric_values():
     with pytest.raises(ConfigError, match="color_jitter"):
         config_from_dict(PretrainConfig, {"data": {"color_jitter": [0.4, 0.4, 0.2, 0.7]}}, "test")
 
+
+
+def test_recipe_warnings_name_the_keys_and_stay_quiet_for_the_shipped_recipes():
+    narrow = config_from_dict(PretrainConfig, {"data": {"local_crops_number": 0}}, "test")
+    (warning,) = recipe_warnings(narrow)
+    assert "data.local_crops_number=0" in warning and "data.global_crop_scale=[0.8, 1.0]" in warning
+    assert "[0.14, 1.0]" in warning
+    wide = config_from_dict(PretrainConfig, {"data": {"local_crops_number": 0, "global_crop_scale": [0.14, 1.0]}},
+                            "test")
+    assert recipe_warnings(wide) == []
+    bf16 = config_from_dict(PretrainConfig, {"train": {"mixed_precision": "bf16"}}, "test")
+    assert recipe_warnings(bf16, cpu_capability=None) == []  # on an accelerator
+    assert recipe_warnings(bf16, cpu_capability="AVX512") == []
+    (warning,) = recipe_warnings(bf16, cpu_capability="AVX2")
+    assert "train.mixed_precision=bf16" in warning and "AVX2" in warning
+    for path in sorted((ROOT / "configs/pretrain").glob("*.yaml")):
+        assert recipe_warnings(load_config(PretrainConfig, path, warn_no_effect=False)) == [], path.name
 
 # --- clustering --------------------------------------------------------------------------------
 
