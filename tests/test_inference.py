@@ -89,7 +89,8 @@ def test_any_folder_to_npy_and_parquet(tiny_world, tmp_path, checkpoint):
     table = pq.read_table(parquet)
     assert table.num_rows == len(expected)
     assert table.column("img_path").to_pylist() == index["img_path"]
-    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist(), dtype=np.float32), array, atol=1e-6)
+    # batches of 4 vs 5: the float32 forward rounds differently with the batch shape (1.5e-6 seen on AVX2)
+    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist(), dtype=np.float32), array, atol=1e-5)
 
 
 def test_format_and_config_errors(tiny_world, tmp_path, checkpoint):
