@@ -263,7 +263,9 @@ def recipe_warnings(cfg: PretrainConfig, cpu_capability: str | None = None) -> l
             "local crops the two global views nearly coincide and DINO learns little; DINO recommends a "
             "wider global scale such as [0.14, 1.0] when multi-crop is off")
     # bf16 matrix products are native only with AVX512-BF16 / AMX; elsewhere autocast emulates
-    # them (bench/bench_cpu_precision.py on an AVX2 CPU: 11x slower than fp32, README).
+    # them (bench/bench_cpu_precision.py on an AVX2 CPU: 11x slower than fp32, README). torch's
+    # capability string only tells AVX2 from AVX512, so an AVX512 CPU without the bf16
+    # extension is not flagged.
     if cfg.train.mixed_precision == "bf16" and cpu_capability is not None and "AVX512" not in cpu_capability:
         warnings.append(
             f"train.mixed_precision=bf16 on a CPU without native bf16 (torch CPU capability {cpu_capability}): "
