@@ -1,10 +1,14 @@
 """Smoke tests of bench scripts that have no other coverage: they run and print their ratio."""
+import json
 import re
 import runpy
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from backbone import build_backbone, save_backbone
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -32,11 +36,6 @@ def test_cpu_precision_bench_rejects_zero_repeats(capsys, monkeypatch):
 
 def test_pretrain_transfer_bench_scores_every_backbone_against_the_random_inits(tiny_world, tmp_path, capsys,
                                                                                 monkeypatch):
-    import json
-
-    import torch
-
-    from backbone import build_backbone, save_backbone
     paths = []
     for seed in (5, 6):  # stand-ins for pretrained backbones: other random inits, saved as pretrain/run.py does
         torch.manual_seed(seed)

@@ -86,7 +86,6 @@ def test_pretrain_config_rejects_bad_photometric_values():
         config_from_dict(PretrainConfig, {"data": {"color_jitter": [0.4, 0.4, 0.2, 0.7]}}, "test")
 
 
-
 def test_recipe_warnings_name_the_keys_and_stay_quiet_for_the_shipped_recipes():
     narrow = config_from_dict(PretrainConfig, {"data": {"local_crops_number": 0}}, "test")
     (warning,) = recipe_warnings(narrow)
@@ -102,6 +101,7 @@ def test_recipe_warnings_name_the_keys_and_stay_quiet_for_the_shipped_recipes():
     assert "train.mixed_precision=bf16" in warning and "AVX2" in warning
     for path in sorted((ROOT / "configs/pretrain").glob("*.yaml")):
         assert recipe_warnings(load_config(PretrainConfig, path, warn_no_effect=False)) == [], path.name
+
 
 # --- clustering --------------------------------------------------------------------------------
 
