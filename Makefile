@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 $(DEMO_WORLD)/world.json: | $(STAMP)
-	$(BIN)/python -m data_shards.synth $(DEMO_WORLD) --overwrite
+	$(BIN)/python data_shards/synth.py $(DEMO_WORLD) --overwrite
 
 # accelerate launch would pin the process to one CPU thread; give it every core.
 LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
@@ -25,7 +25,7 @@ DEMO_RESULTS := results/demo
 
 demo: $(STAMP) $(DEMO_WORLD)/world.json
 	$(LAUNCH) finetune/run.py --config configs/finetune/synthetic_tiny.yaml results_dir=$(DEMO_RESULTS)/finetune
-	$(BIN)/python -m finetune.compare $(DEMO_WORLD) \
+	$(BIN)/python -m soliderkit.reid.compare $(DEMO_WORLD) \
 		"swin_pico fine-tuned from random init=$(DEMO_RESULTS)/finetune/train/metrics.json"
 
 test: $(STAMP)

@@ -1,4 +1,4 @@
-"""Batched torch clustering (pretrain.semantic.cluster_parts) vs SOLIDER's per-image scikit-learn loop.
+"""Batched torch clustering (soliderkit.pretrain.semantic.cluster_parts) vs SOLIDER's per-image scikit-learn loop.
 
     python bench/bench_clustering.py [--batch 96] [--arch swin_tiny_patch4_window7_224] [--size 256 128]
                                      [--checkpoint backbone.safetensors] [--images data/synthetic/unlabeled]
@@ -25,9 +25,9 @@ from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from backbone import build_backbone
-from finetune.data import test_transform
-from pretrain.semantic import cluster_parts, sklearn_part_labels
+from soliderkit.backbone import build_backbone
+from soliderkit.reid.transforms import test_transform
+from soliderkit.pretrain.semantic import cluster_parts, sklearn_part_labels
 
 
 def load_images(folder: str | None, count: int, size: tuple[int, int]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from backbone import build_backbone  # noqa: E402
+from soliderkit.backbone import build_backbone  # noqa: E402
 
 
 def time_pass(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> float:

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from finetune.config import ModelConfig
-from finetune.losses import TripletLoss, id_loss
-from finetune.model import build_reid_model
+from soliderkit.finetune.config import ModelConfig
+from soliderkit.finetune.losses import TripletLoss, id_loss
+from soliderkit.finetune.model import build_reid_model
 
 MODELS = {
     "pico 128x64 (configs/finetune/synthetic_tiny.yaml)": ("swin_pico_patch4_window7", 128, 64, 64),

@@ -1,4 +1,4 @@
-"""Benchmark ``finetune.metrics`` against a per-query numpy loop of the published evaluation.
+"""Benchmark ``soliderkit.reid.metrics`` against a per-query numpy loop of the published evaluation.
 
 Default (Market-1501 size): 3,368 queries x 15,913 gallery, 256-d synthetic features,
 ~750 identities, 6 cameras, ~15% gallery distractors. Prints the time of
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_eval import market1501_loop  # noqa: E402
 
-from finetune.metrics import (  # noqa: E402
+from soliderkit.reid.metrics import (  # noqa: E402
     evaluate_ranking,
     evaluate_ranking_from_features,
     pairwise_distance,

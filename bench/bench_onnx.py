@@ -2,7 +2,7 @@
 
 For each model (default: the pico Swin used by the tests and Swin-T, both at 256x128 with
 the model-card head: reduction to 256 + BNNeck, random weights) the ReID model is exported
-with ``finetune.export.export_onnx`` (the graph ``finetune/export.py`` writes), both runtimes
+with ``soliderkit.finetune.export.export_onnx`` (the graph ``finetune/export.py`` writes), both runtimes
 are warmed up, then each runs ``--batch``-image forwards for at least ``--seconds`` (and at
 least ``--min-iters`` times); the table gives embeddings/s and the speed-up, plus the max
 abs difference between the two outputs on the timed batch.
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from finetune.config import ModelConfig  # noqa: E402
-from finetune.export import INPUT_NAME, OUTPUT_NAME, export_onnx  # noqa: E402
-from finetune.model import build_reid_model  # noqa: E402
+from soliderkit.finetune.config import ModelConfig  # noqa: E402
+from soliderkit.finetune.export import INPUT_NAME, OUTPUT_NAME, export_onnx  # noqa: E402
+from soliderkit.finetune.model import build_reid_model  # noqa: E402
 
 MODELS = ("swin_pico_patch4_window7", "swin_tiny_patch4_window7_224")
 

@@ -4,7 +4,7 @@
     python bench/bench_pretrain_transfer.py [--backbone results/pretrain/synthetic_tiny_dino/backbone.safetensors]
         [--seeds 0 1 2] [--jobs 2] [--skip-finetune]
 
-(a) kNN ReID (``pretrain.knn``: pooled stage-4 features, Market-1501 protocol, no training)
+(a) kNN ReID (``soliderkit.pretrain.knn``: pooled stage-4 features, Market-1501 protocol, no training)
     of the pretrained backbone vs randomly initialised backbones (one per seed, mean).
 (b) The same short fine-tune (``configs/finetune/synthetic_tiny_transfer.yaml``, 30 epochs)
     from the pretrained backbone and from random init, for each seed; mAP / rank-1 at every
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from backbone import build_backbone
-from common.io import atomic_write_json
-from pretrain.knn import knn_reid, load_query_gallery
+from soliderkit.backbone import build_backbone
+from soliderkit.io import atomic_write_json
+from soliderkit.pretrain.knn import knn_reid, load_query_gallery
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -1,4 +1,4 @@
-"""Benchmark k-reciprocal re-ranking (``finetune.reranking``).
+"""Benchmark k-reciprocal re-ranking (``soliderkit.reid.reranking``).
 
 Default: a problem where both paths fit in memory (1,000 queries x 5,000 gallery, 256-d
 synthetic identity-clustered features). Times ``re_ranking`` on the three distance
@@ -30,13 +30,13 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_metrics import MSMT, peak_rss_mib, synthetic_split, timed  # noqa: E402
 
-from finetune.metrics import (  # noqa: E402
+from soliderkit.reid.metrics import (  # noqa: E402
     evaluate_ranking,
     evaluate_ranking_chunks,
     evaluate_ranking_from_features,
     pairwise_distance,
 )
-from finetune.reranking import (  # noqa: E402
+from soliderkit.reid.reranking import (  # noqa: E402
     iter_re_ranking_from_features,
     re_ranking,
     re_ranking_from_features,

@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
-from data_shards.build import build_shards
-from data_shards.stream import make_shard_loader
+from soliderkit.data.build import build_shards
+from soliderkit.data.stream import make_shard_loader
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -104,11 +104,11 @@ def main() -> int:
                         help="images per shard (default: ~20 shards, as a real set has many per worker)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    logging.getLogger("data_shards.build").setLevel(logging.ERROR)  # the world holds query/test folders: fine here
+    logging.getLogger("soliderkit.data.build").setLevel(logging.ERROR)  # the world holds query/test folders: fine here
 
     src = args.src
     if src is None:
-        from data_shards.synth import generate_world
+        from soliderkit.data.synth import generate_world
 
         src = args.work / "world"
         if not (src / "world.json").exists():

@@ -11,7 +11,7 @@ CMC, INP and AP, the precision for AP through a Python list comprehension as pub
 ``vectorised_ap=True`` replaces that list comprehension with one numpy division: not
 the published code, but a stronger baseline worth reporting next to it. ``stable=True``
 sorts with a stable sort, so exactly tied distances are ranked by gallery index as
-``finetune.metrics`` ranks them (float32 distances do tie now and then).
+``soliderkit.reid.metrics`` ranks them (float32 distances do tie now and then).
 
 The only deviation: when junk removal leaves a query fewer than ``max_rank`` gallery
 entries, its CMC row is padded with its last value (the published code would build a

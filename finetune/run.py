@@ -28,18 +28,18 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from backbone import CheckpointError
-from common.checkpointing import save_state_atomically
-from common.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
-from common.io import atomic_write_json
-from finetune.config import DatasetConfig, FinetuneConfig
-from finetune.data import ImageDataset, collate, train_transform
-from finetune.datasets import ReidSplits, parse_folders, parse_msmt17
-from finetune.evaluation import evaluate_query_gallery
-from finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
-from finetune.model import build_reid_model, save_reid_model
-from finetune.optim import build_optimizer, build_scheduler
-from finetune.sampler import IdentityBatchSampler
+from soliderkit.backbone import CheckpointError
+from soliderkit.run_control import save_state_atomically
+from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
+from soliderkit.io import atomic_write_json
+from soliderkit.finetune.config import DatasetConfig, FinetuneConfig
+from soliderkit.reid.transforms import ImageDataset, collate, train_transform
+from soliderkit.reid.datasets import ReidSplits, parse_folders, parse_msmt17
+from soliderkit.reid.evaluation import evaluate_query_gallery
+from soliderkit.finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
+from soliderkit.finetune.model import build_reid_model, save_reid_model
+from soliderkit.finetune.optim import build_optimizer, build_scheduler
+from soliderkit.finetune.sampler import IdentityBatchSampler
 
 
 def load_splits(cfg: DatasetConfig) -> ReidSplits:

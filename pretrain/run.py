@@ -56,15 +56,15 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
-from backbone import build_backbone, load_state, read_checkpoint, save_backbone
-from common.checkpointing import save_state_atomically
-from common.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
-from common.io import atomic_path
-from pretrain.config import PretrainConfig, recipe_warnings
-from pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
-from pretrain.knn import knn_reid, load_query_gallery
-from pretrain.multicrop import MultiCropAugmentation, derive_seed
-from pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
+from soliderkit.backbone import build_backbone, load_state, read_checkpoint, save_backbone
+from soliderkit.run_control import save_state_atomically
+from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
+from soliderkit.io import atomic_path
+from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
+from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
+from soliderkit.pretrain.knn import knn_reid, load_query_gallery
+from soliderkit.pretrain.multicrop import MultiCropAugmentation, derive_seed
+from soliderkit.pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 HEAD_FORMAT = "solider-reid-toolkit/dino-head"
@@ -192,7 +192,7 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
 
         return PretrainData(sampler.length, f"image folder {root}: {len(paths)} images", folder_batches)
 
-    from data_shards.stream import ShardSetError, make_shard_loader
+    from soliderkit.data.stream import ShardSetError, make_shard_loader
 
     try:
         loader = make_shard_loader(d.path, d.batch_size_per_device, augment, resampled=True, seed=cfg.seed,

@@ -1,7 +1,7 @@
 """Shared fixtures: a tiny synthetic ReID world, generated once per test session."""
 import pytest
 
-from data_shards.synth import generate_world
+from soliderkit.data.synth import generate_world
 
 
 @pytest.fixture(scope="session")

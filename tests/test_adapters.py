@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import PatchMerging, SwinTransformer
 
-from backbone import CheckpointError, build_backbone, detect_format, save_backbone
-from backbone.adapters import timm_to_unfold_order, unfold_to_timm_order
-from backbone.checkpoint import read_checkpoint, resize_relative_position_table
-from finetune.config import ModelConfig
-from finetune.model import build_reid_model, load_reid_model, save_reid_model
+from soliderkit.backbone import CheckpointError, build_backbone, detect_format, save_backbone
+from soliderkit.backbone.adapters import timm_to_unfold_order, unfold_to_timm_order
+from soliderkit.backbone.checkpoint import read_checkpoint, resize_relative_position_table
+from soliderkit.finetune.config import ModelConfig
+from soliderkit.finetune.model import build_reid_model, load_reid_model, save_reid_model
+from script_loader import load_script
 
 PICO = "swin_pico_patch4_window7"
 EMBED, DEPTHS, HEADS, WINDOW = 32, (1, 1, 2, 1), (1, 2, 4, 8), 7
@@ -298,7 +299,7 @@ def test_finetuning_from_a_solider_checkpoint(solider_file, tiny_world, tmp_path
                       reduce_feat_dim=True, feat_dim=16)
     model = build_reid_model(cfg, num_classes=5)
     assert torch.equal(model.backbone.controller.scale[2].weight, sd["backbone.semantic_embed_w.2.weight"])
-    from finetune import run
+    run = load_script("finetune/run.py")
     config = str(Path(__file__).resolve().parents[1] / "configs/finetune/synthetic_tiny.yaml")
     assert run.main(["--config", config, "--dry-run", f"dataset.train_dataset_dir={tiny_world}/bounding_box_train",
                      f"dataset.query_dataset_dir={tiny_world}/query",

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformerBlock
 
-from backbone import CheckpointError, build_backbone, save_backbone
-from backbone.swin import PadThenShiftBlock
+from soliderkit.backbone import CheckpointError, build_backbone, save_backbone
+from soliderkit.backbone.swin import PadThenShiftBlock
 
 PICO = "swin_pico_patch4_window7"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backbone import build_backbone, save_backbone
+from soliderkit.backbone import build_backbone, save_backbone
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.config import (ConfigError, add_config_args, config_to_dict, format_config, load_config, option,
+from soliderkit.config import (ConfigError, add_config_args, config_to_dict, format_config, load_config, option,
                            parse_config_from_args, require, save_resolved_config)
-from finetune.config import FinetuneConfig
-from pretrain.config import PretrainConfig
+from soliderkit.finetune.config import FinetuneConfig
+from soliderkit.pretrain.config import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted((REPO / "configs").rglob("*.yaml"))
@@ -51,7 +51,7 @@ def schema_for(path: Path) -> type:
 
 
 def no_effect_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "common.config" and "has no effect" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if r.name == "soliderkit.config" and "has no effect" in r.getMessage()]
 
 
 # --- a small schema exercising the generic machinery -------------------------------------
@@ -267,7 +267,7 @@ def test_interpolation_like_tao_specs(tmp_path):
 
 def test_card_model_block_loads_with_one_warning_per_no_effect_field(tmp_path, caplog):
     path = write(tmp_path, CARD_MODEL_BLOCK)
-    with caplog.at_level(logging.WARNING, logger="common.config"):
+    with caplog.at_level(logging.WARNING, logger="soliderkit.config"):
         cfg = load_config(FinetuneConfig, path)
     lines = no_effect_lines(caplog)
     assert len(lines) == 3 and all("\n" not in line for line in lines)
@@ -279,7 +279,7 @@ def test_card_model_block_loads_with_one_warning_per_no_effect_field(tmp_path, c
 
 
 def test_no_effect_warning_for_override_and_not_for_defaults(caplog):
-    with caplog.at_level(logging.WARNING, logger="common.config"):
+    with caplog.at_level(logging.WARNING, logger="soliderkit.config"):
         load_config(FinetuneConfig)
         assert no_effect_lines(caplog) == []
         load_config(FinetuneConfig, overrides=["model.stride_size=[8, 8]"])
@@ -288,7 +288,7 @@ def test_no_effect_warning_for_override_and_not_for_defaults(caplog):
 
 
 def test_no_effect_in_generic_schema(caplog):
-    with caplog.at_level(logging.WARNING, logger="common.config"):
+    with caplog.at_level(logging.WARNING, logger="soliderkit.config"):
         load_config(Outer, overrides=["inner.old=2"])
         load_config(Outer, overrides=["inner.old=2"], warn_no_effect=False)
     assert no_effect_lines(caplog) == ["command-line override `inner.old=2`: inner.old has no effect: "

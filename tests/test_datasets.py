@@ -1,4 +1,4 @@
-"""Tests for finetune.datasets: Market-style folders, MSMT17 lists, statistics, registry."""
+"""Tests for soliderkit.reid.datasets: Market-style folders, MSMT17 lists, statistics, registry."""
 from __future__ import annotations
 
 import warnings
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.datasets import (
+from soliderkit.reid.datasets import (
     DatasetError,
     ImageRecord,
     parse_dataset,

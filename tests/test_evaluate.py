@@ -7,11 +7,14 @@ import pytest
 from matplotlib.colors import to_rgba
 from PIL import Image
 
-from finetune import evaluate, run
-from finetune.color_histogram import evaluate_color_histogram
-from finetune.datasets import ImageRecord, read_market_folder
-from finetune.evaluation import ranked_gallery
-from finetune.plots import FALSE_MATCH_COLOR, QUERY_COLOR, TRUE_MATCH_COLOR, match_colors, ranked_grid_figure
+from soliderkit.finetune import evaluate
+from script_loader import load_script
+
+run = load_script("finetune/run.py")
+from soliderkit.reid.color_histogram import evaluate_color_histogram
+from soliderkit.reid.datasets import ImageRecord, read_market_folder
+from soliderkit.reid.evaluation import ranked_gallery
+from soliderkit.reid.plots import FALSE_MATCH_COLOR, QUERY_COLOR, TRUE_MATCH_COLOR, match_colors, ranked_grid_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/finetune/synthetic_tiny.yaml")

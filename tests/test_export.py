@@ -11,11 +11,11 @@ import torch
 import yaml
 from PIL import Image
 
-from backbone import build_backbone
-from finetune import export
-from finetune.config import ModelConfig
-from finetune.data import test_transform as eval_transform
-from finetune.model import build_reid_model, save_reid_model
+from soliderkit.backbone import build_backbone
+from soliderkit.finetune import export
+from soliderkit.finetune.config import ModelConfig
+from soliderkit.reid.transforms import test_transform as eval_transform
+from soliderkit.finetune.model import build_reid_model, save_reid_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/finetune/synthetic_tiny.yaml")

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
-from finetune.sampler import IdentityBatchSampler
+from soliderkit.finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
+from soliderkit.finetune.sampler import IdentityBatchSampler
 
 
 def _pids():

@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune import run
-from finetune.model import load_reid_model
+from script_loader import load_script
+from soliderkit.finetune.model import load_reid_model
 
 ROOT = Path(__file__).resolve().parents[1]
+run = load_script("finetune/run.py")
 CONFIG = str(ROOT / "configs/finetune/synthetic_tiny.yaml")
 
 

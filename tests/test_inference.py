@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune import inference
-from finetune.config import ModelConfig
-from finetune.data import test_transform as eval_transform
-from finetune.model import build_reid_model, save_reid_model
+from soliderkit.finetune import inference
+from soliderkit.finetune.config import ModelConfig
+from soliderkit.reid.transforms import test_transform as eval_transform
+from soliderkit.finetune.model import build_reid_model, save_reid_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/finetune/synthetic_tiny.yaml")

@@ -1,11 +1,11 @@
-"""Tests for finetune.metrics: Market-1501 protocol CMC / mAP / mINP and distances."""
+"""Tests for soliderkit.reid.metrics: Market-1501 protocol CMC / mAP / mINP and distances."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from finetune.metrics import (
+from soliderkit.reid.metrics import (
     RankingResult,
     evaluate_ranking,
     evaluate_ranking_chunks,
@@ -217,7 +217,7 @@ def test_negative_and_signed_zero_distances_match_reference():
 
 def test_torch_only_code_path_matches_reference(monkeypatch):
     # The numpy shortcuts are CPU-only; force the pure-torch path used for GPU tensors.
-    import finetune.metrics as metrics
+    import soliderkit.reid.metrics as metrics
 
     monkeypatch.setattr(metrics, "_numpy_backed", lambda tensor: False)
     for seed in (0, 1):

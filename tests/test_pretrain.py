@@ -17,15 +17,16 @@ from PIL import Image
 from safetensors.torch import load_file
 from sklearn.metrics import adjusted_rand_score
 
-from backbone import build_backbone
-from common.config import ConfigError, config_from_dict, load_config
-from pretrain import run
-from pretrain.config import PretrainConfig, recipe_warnings
-from pretrain.dino import DINOLoss
-from pretrain.multicrop import MultiCropAugmentation
-from pretrain.semantic import cluster_parts, mask_parts, sklearn_part_labels
+from soliderkit.backbone import build_backbone
+from soliderkit.config import ConfigError, config_from_dict, load_config
+from script_loader import load_script
+from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
+from soliderkit.pretrain.dino import DINOLoss
+from soliderkit.pretrain.multicrop import MultiCropAugmentation
+from soliderkit.pretrain.semantic import cluster_parts, mask_parts, sklearn_part_labels
 
 ROOT = Path(__file__).resolve().parents[1]
+run = load_script("pretrain/run.py")
 CONFIG = str(ROOT / "configs/pretrain/synthetic_tiny.yaml")
 PICO = "swin_pico_patch4_window7"
 
@@ -264,7 +265,7 @@ def test_non_finite_losses_are_skipped_then_abort(tiny_world, tmp_path, monkeypa
 # --- shards ----------------------------------------------------------------------------------
 
 def test_trains_from_webdataset_shards(tiny_world, tmp_path):
-    from data_shards.build import build_shards
+    from soliderkit.data.build import build_shards
 
     build_shards(tiny_world / "unlabeled", tmp_path / "shards", maxcount=16)
     results = tmp_path / "from_shards"

@@ -1,12 +1,12 @@
-"""Tests for finetune.reranking: k-reciprocal re-ranking (Zhong et al., CVPR 2017)."""
+"""Tests for soliderkit.reid.reranking: k-reciprocal re-ranking (Zhong et al., CVPR 2017)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from finetune.metrics import evaluate_ranking, evaluate_ranking_chunks
-from finetune.reranking import iter_re_ranking_from_features, re_ranking, re_ranking_from_features
+from soliderkit.reid.metrics import evaluate_ranking, evaluate_ranking_chunks
+from soliderkit.reid.reranking import iter_re_ranking_from_features, re_ranking, re_ranking_from_features
 
 
 # --------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests for data_shards.build / inspect / stream: shards of person crops, end to end.
+"""Tests for soliderkit.data.build / inspect / stream: shards of person crops, end to end.
 
 Images are tiny JPEGs written with PIL (fast); the streaming tests run real DataLoader
 worker processes, because per-worker splitting is what they check.
@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data_shards import build as build_module
-from data_shards.build import INFO_NAME, SKIPPED_NAME, ShardBuildError, build_shards, parse_size
-from data_shards.inspect import inspect_shards
-from data_shards.sources import SourceError
-from data_shards.stream import (
+from soliderkit.data import build as build_module
+from soliderkit.data.build import INFO_NAME, SKIPPED_NAME, ShardBuildError, build_shards, parse_size
+from soliderkit.data.inspection import inspect_shards
+from soliderkit.data.sources import SourceError
+from soliderkit.data.stream import (
     ShardSetError,
     assign_shards,
     iter_tar_samples,
@@ -31,7 +31,7 @@ from data_shards.stream import (
     make_shard_loader,
     sample_keys,
 )
-from data_shards.stream import main as stream_main
+from soliderkit.data.stream import main as stream_main
 
 NUM_IMAGES = 45
 MAXCOUNT = 8          # 45 images -> 6 shards, the last one short: uneven on purpose
@@ -348,7 +348,7 @@ def test_corrupt_sample_and_truncated_tar_are_skipped_and_counted(shard_dir, tmp
     victim, truncated = damage(damaged)
     truncated_keys = set(tar_samples(shard_dir / truncated))
 
-    with caplog.at_level(logging.WARNING, logger="data_shards.stream"):
+    with caplog.at_level(logging.WARNING, logger="soliderkit.data.stream"):
         loader = make_shard_loader(damaged, 4, lambda image: 0, resampled=False, num_workers=0,
                                    rank=0, world_size=1, return_keys=True)
         keys = [k for _, batch_keys in loader for k in batch_keys]

@@ -1,4 +1,4 @@
-"""The synthetic ReID world generator (data_shards.synth) and the colour-histogram baseline."""
+"""The synthetic ReID world generator (soliderkit.data.synth) and the colour-histogram baseline."""
 import json
 import re
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_shards import synth
-from data_shards.synth import SPLIT_DIRS, WorldArgumentError, generate_world
-from finetune import color_histogram
-from finetune.metrics import evaluate_ranking
+from soliderkit.data import synth
+from soliderkit.data.synth import SPLIT_DIRS, WorldArgumentError, generate_world
+from soliderkit.reid import color_histogram
+from soliderkit.reid.metrics import evaluate_ranking
 
 MARKET_NAME = re.compile(r"^(-1|\d{4})_c(\d+)s(\d+)_(\d{6})_(\d{2})\.jpg$")
 UNLABELED_NAME = re.compile(r"^u(\d{5})_(\d{3})\.jpg$")
@@ -159,7 +159,7 @@ def test_color_histogram_features_are_unit_length(small_world):
 
 
 def test_baseline_is_informative_but_far_from_perfect(tmp_path, capsys):
-    from finetune.datasets import parse_market1501
+    from soliderkit.reid.datasets import parse_market1501
 
     root = tmp_path / "baseline"
     generate_world(root, identities=40, cameras=4, seed=11, unlabeled_identities=0, distractors=10, junk=5)

@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from finetune.datasets import parse_market1501
+from soliderkit.reid.datasets import parse_market1501
 
 
 def test_parser_on_a_generated_world(tiny_world):

@@ -1,0 +1,263 @@
+"""Swin Transformer with SOLIDER's semantic controller, built from timm's modules.
+
+One backbone for both stages (pretraining and ReID fine-tuning). It keeps timm's
+parameter names (``patch_embed``, ``layers.{i}.downsample``, ``layers.{i}.blocks.{j}``,
+``norm``) so timm / Microsoft ImageNet checkpoints map one to one, and differs from
+stock timm in the two places where timm is not the same function as the Swin that
+SOLIDER (and TAO's ReIdentificationNet Transformer) trained at 256x128:
+
+* Windows are never clipped to the feature map. timm clips the 7x7 window to 7x4 on the
+  8x4 last stage (a 91-row relative-position table instead of 169); SOLIDER pads to a
+  multiple of 7 instead. We build timm blocks with ``always_partition=True``.
+* Pad first, then shift. SOLIDER's mmcv-style ``ShiftWindowMSA`` pads the map to a
+  multiple of the window and then rolls it, with the shift mask computed on the padded
+  map; timm rolls the unpadded map and pads afterwards. 64x32, 32x16 and 16x8 maps are
+  not multiples of 7, so the two orders give different features.
+  ``PadThenShiftBlock`` restores SOLIDER's order.
+
+The semantic controller (SOLIDER, Chen et al. CVPR 2023, ``swin_transformer.py``):
+lambda is encoded as ``s = [lambda, 1 - lambda]`` and the tokens entering stage i+1, right
+after patch merging, become ``x * softplus(W_i s) + B_i s`` (a per-channel scale and
+shift broadcast over tokens). SOLIDER also builds a fourth pair after the last stage
+whose output is never used (so it never gets a gradient); we do not create it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import PatchEmbed, trunc_normal_
+from timm.models._manipulate import checkpoint_seq
+from timm.models.swin_transformer import (
+    PatchMerging,
+    SwinTransformerBlock,
+    window_partition,
+    window_reverse,
+)
+
+from soliderkit.backbone.registry import ARCHS, INPUT_MULTIPLE
+
+
+class BackboneOutput(NamedTuple):
+    pooled: torch.Tensor  # (B, C_last): mean of the normalised last-stage tokens
+    feature_maps: list[torch.Tensor]  # one (B, C_i, H_i, W_i) map per requested stage
+
+
+class PadThenShiftBlock(SwinTransformerBlock):
+    """timm's Swin block with SOLIDER's window order: pad, then shift, mask on the padded map."""
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        _, height, width, channels = x.shape
+        win_h, win_w = self.window_size
+        pad_h, pad_w = (-height) % win_h, (-width) % win_w
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        padded_h, padded_w = height + pad_h, width + pad_w
+
+        shift_h, shift_w = self.shift_size
+        shifted = shift_h > 0 or shift_w > 0
+        if shifted:
+            x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
+            # timm's mask builder labels regions of whatever map it is given; giving it
+            # the padded map is exactly the mmcv construction.
+            mask = self.get_attn_mask(x)
+        else:
+            mask = None
+
+        windows = window_partition(x, self.window_size).view(-1, self.window_area, channels)
+        windows = self.attn(windows, mask=mask)
+        x = window_reverse(windows.view(-1, win_h, win_w, channels), self.window_size,
+                           padded_h, padded_w)
+        if shifted:
+            x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
+        return x[:, :height, :width, :].contiguous()
+
+
+class SwinStage(nn.Module):
+    """Patch merging (except for the first stage) followed by Swin blocks, NHWC tokens."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, window_size: int,
+                 resolution: tuple[int, int], drop_path: Sequence[float], downsample: bool):
+        super().__init__()
+        self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[
+            PadThenShiftBlock(
+                dim=dim,
+                input_resolution=resolution,
+                num_heads=num_heads,
+                window_size=window_size,
+                shift_size=0 if j % 2 == 0 else window_size // 2,
+                always_partition=True,
+                dynamic_mask=True,
+                drop_path=drop_path[j],
+            )
+            for j in range(depth)
+        ])
+        self.grad_checkpointing = False
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+
+class SemanticController(nn.Module):
+    """Per-channel scale and shift of the tokens entering stages 2..N, driven by lambda."""
+
+    def __init__(self, dims: Sequence[int]):
+        super().__init__()
+        self.scale = nn.ModuleList(nn.Linear(2, d) for d in dims)
+        self.shift = nn.ModuleList(nn.Linear(2, d) for d in dims)
+
+    def forward(self, x: torch.Tensor, index: int, encoded: torch.Tensor,
+                active: torch.Tensor | None) -> torch.Tensor:
+        # x: (B, H, W, C); encoded: (B, 2) = [lambda, 1 - lambda]
+        scale = F.softplus(self.scale[index](encoded))[:, None, None, :]
+        shift = self.shift[index](encoded)[:, None, None, :]
+        modulated = x * scale + shift
+        if active is None:  # every sample has lambda >= 0
+            return modulated
+        return torch.where(active[:, None, None, None], modulated, x)
+
+
+class SwinBackbone(nn.Module):
+    """Swin-T/S/B (or pico) at any HxW multiple of 32, with SOLIDER's semantic controller.
+
+    ``forward(images, semantic_weight=None)`` returns ``BackboneOutput(pooled, feature_maps)``.
+    ``semantic_weight`` is lambda: a float for the whole batch or a tensor with one value
+    per sample; ``None`` uses the value given at construction. lambda < 0 switches the
+    controller off (for the whole batch, or for those samples).
+    """
+
+    def __init__(
+        self,
+        arch: str = "swin_tiny_patch4_window7_224",
+        img_size: tuple[int, int] = (256, 128),
+        semantic_weight: float = 0.2,
+        with_controller: bool = True,
+        drop_path_rate: float = 0.1,
+        out_indices: Sequence[int] = (3,),
+        grad_checkpointing: bool = False,
+    ):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown backbone arch {arch!r}; known: {sorted(ARCHS)}")
+        spec = ARCHS[arch]
+        num_stages = len(spec.depths)
+        img_size = tuple(int(s) for s in img_size)
+        _check_input_size(img_size, what="img_size")
+        out_indices = tuple(sorted({int(i) % num_stages for i in out_indices}))
+        if not out_indices:
+            raise ValueError("out_indices must name at least one stage")
+
+        self.arch = arch
+        self.img_size = img_size
+        # Without a controller there is nothing for a default lambda to drive.
+        self.semantic_weight = float(semantic_weight) if with_controller else -1.0
+        self.out_indices = out_indices
+        self.dims = [spec.embed_dim * 2 ** i for i in range(num_stages)]
+        self.num_features = self.dims[-1]
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=spec.patch_size, in_chans=3,
+            embed_dim=spec.embed_dim, norm_layer=nn.LayerNorm,
+            strict_img_size=False, output_fmt="NHWC",
+        )
+        rates = torch.linspace(0, drop_path_rate, sum(spec.depths)).tolist()
+        grid = (img_size[0] // spec.patch_size, img_size[1] // spec.patch_size)
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(spec.depths):
+            start = sum(spec.depths[:i])
+            self.layers.append(SwinStage(
+                in_dim=self.dims[max(i - 1, 0)], dim=self.dims[i], depth=depth,
+                num_heads=spec.num_heads[i], window_size=spec.window_size,
+                resolution=(grid[0] // 2 ** i, grid[1] // 2 ** i),
+                drop_path=rates[start:start + depth], downsample=i > 0,
+            ))
+        # The last stage's norm keeps timm's name; earlier stages get one only when asked for.
+        self.norm = nn.LayerNorm(self.num_features)
+        self.out_norms = nn.ModuleDict(
+            {str(i): nn.LayerNorm(self.dims[i]) for i in out_indices if i != num_stages - 1})
+        self.controller = SemanticController(self.dims[1:]) if with_controller else None
+
+        self.apply(_init_weights)
+        self.set_grad_checkpointing(grad_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that optimizers should not decay (position tables)."""
+        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
+
+    def forward(self, images: torch.Tensor,
+                semantic_weight: float | torch.Tensor | None = None) -> BackboneOutput:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        _check_input_size(tuple(images.shape[-2:]), what="input image size")
+        x = self.patch_embed(images)
+        encoded, active = self._encode_lambda(semantic_weight, x)
+
+        feature_maps = []
+        last = len(self.layers) - 1
+        for i, stage in enumerate(self.layers):
+            x = stage.downsample(x)
+            if i > 0 and encoded is not None:
+                x = self.controller(x, i - 1, encoded, active)
+            x = stage.forward_blocks(x)
+            if i in self.out_indices:
+                norm = self.norm if i == last else self.out_norms[str(i)]
+                feature_maps.append(norm(x).permute(0, 3, 1, 2))
+        pooled = feature_maps[-1].mean(dim=(2, 3)) if last in self.out_indices \
+            else self.norm(x).mean(dim=(1, 2))
+        return BackboneOutput(pooled, feature_maps)
+
+    def _encode_lambda(self, semantic_weight, x: torch.Tensor):
+        """Return ([lambda, 1 - lambda] per sample, mask of samples with lambda >= 0).
+
+        (None, None) means no sample is modulated; a mask of None means every sample is.
+        """
+        if semantic_weight is None:
+            semantic_weight = self.semantic_weight
+        batch = x.shape[0]
+        tracing = torch.jit.is_tracing()  # ONNX export: keep a graph that does not branch on data
+        if torch.is_tensor(semantic_weight):
+            lam = semantic_weight.to(device=x.device, dtype=x.dtype).reshape(-1)
+            if lam.numel() == 1:
+                lam = lam.expand(batch)
+            if lam.shape[0] != batch:
+                raise ValueError(f"semantic_weight has {lam.shape[0]} values for a batch of {batch}")
+            active = lam >= 0
+            if not tracing:
+                if not bool(active.any()):
+                    return None, None
+                if bool(active.all()):
+                    active = None
+        else:
+            if semantic_weight < 0:
+                return None, None
+            lam, active = x.new_full((batch,), float(semantic_weight)), None
+        if self.controller is None:
+            if tracing:
+                return None, None
+            raise ValueError(f"semantic_weight={semantic_weight!r} needs the semantic controller, but "
+                             "this backbone was built with with_controller=False (use lambda < 0)")
+        return torch.stack([lam, 1 - lam], dim=1), active
+
+
+def _check_input_size(size: tuple[int, ...], what: str) -> None:
+    if len(size) != 2 or any(s <= 0 or s % INPUT_MULTIPLE for s in size):
+        raise ValueError(f"{what} must be (H, W) with both multiples of {INPUT_MULTIPLE}, got {size}")
+
+
+def _init_weights(module: nn.Module) -> None:
+    # Swin/SOLIDER initialisation: truncated normal (std 0.02) for linear layers, zero bias.
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

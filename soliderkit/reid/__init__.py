@@ -1,0 +1,1 @@
+"""The ReID core below both stages: parsers, transforms, embeddings, metrics, re-ranking, plots."""

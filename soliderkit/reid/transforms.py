@@ -1,0 +1,63 @@
+"""Images and augmentation for fine-tuning and feature extraction.
+
+Training augmentation as SOLIDER-REID / TAO: resize (bicubic) -> horizontal flip ->
+pad -> random crop back to size -> normalise -> random erasing (timm, per-pixel noise,
+one box). Test images are only resized and normalised.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from soliderkit.reid.datasets import ImageRecord
+
+
+def train_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
+                    flip_prob: float = 0.5, padding: int = 10, erase_prob: float = 0.5) -> Callable:
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(p=flip_prob),
+        T.Pad(padding),
+        T.RandomCrop(size),
+        T.ToTensor(),
+        T.Normalize(mean=mean, std=std),
+        RandomErasing(probability=erase_prob, mode="pixel", max_count=1, device="cpu"),
+    ])
+
+
+def test_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Callable:
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.ToTensor(),
+        T.Normalize(mean=mean, std=std),
+    ])
+
+
+class ImageDataset(Dataset):
+    """(image tensor, pid, camid, index) for each record."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform: Callable):
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        try:
+            with Image.open(record.path) as image:
+                image = image.convert("RGB")
+        except OSError as exc:
+            raise OSError(f"cannot read image {record.path}: {exc}") from exc
+        return self.transform(image), record.pid, record.camid, index
+
+
+def collate(batch):
+    images, pids, camids, indices = zip(*batch)
+    return (torch.stack(images), torch.tensor(pids), torch.tensor(camids), torch.tensor(indices))
