@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from soliderkit.backbone import CheckpointError
-from soliderkit.run_control import save_state_atomically
+from soliderkit.run_control import (NonFiniteGuard, StopRequest, agree, read_progress, resolve_resume,
+                                    rng_neutral, save_checkpoint)
 from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
 from soliderkit.io import atomic_write_json
 from soliderkit.finetune.config import DatasetConfig, FinetuneConfig
@@ -59,21 +60,49 @@ def load_splits(cfg: DatasetConfig) -> ReidSplits:
 
 
 class Progress:
-    """Epochs finished; saved with the accelerate state so ``--resume`` continues there."""
+    """Where the run is; written as ``progress.json`` into each checkpoint (no pickle)."""
 
-    def __init__(self):
-        self.epoch = 0
+    def __init__(self, total_batch: int, world_size: int):
+        self.step = 0  # batches trained (skipped non-finite ones included)
+        self.epoch = 0  # epochs done (= the epoch in progress, 0-based)
+        self.batch = 0  # batches of that epoch already trained
+        self.nan_streak = 0
+        self.total_batch, self.world_size = total_batch, world_size
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch}
+        return {**vars(self), "epoch_end": self.batch == 0}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch = int(state["epoch"])
+        saved = (int(state["total_batch"]), int(state["world_size"]))
+        if saved != (self.total_batch, self.world_size):
+            raise SystemExit(
+                f"resume: the checkpoint was written with dataset.batch_size={saved[0]} on {saved[1]} process(es); "
+                f"this run has {self.total_batch} on {self.world_size}, so the remaining batches of its epoch "
+                "would differ (use the same batch size and number of processes)")
+        for key in ("step", "epoch", "batch", "nan_streak"):
+            setattr(self, key, int(state[key]))
 
 
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    found = sorted(checkpoint_dir.glob("epoch_[0-9][0-9][0-9]*"))
-    return found[-1] if found else None
+def validate(cfg: FinetuneConfig, model: torch.nn.Module, splits: ReidSplits, size: tuple[int, int], epoch: int,
+             device: torch.device, out_dir: Path) -> dict:
+    """Market-1501 metrics on query / gallery (+ re-ranked), written to ``metrics.json``; returns
+    the plain ranking's numbers for the log."""
+    rr = cfg.re_ranking
+    results = evaluate_query_gallery(
+        model, splits.query, splits.gallery, max_rank=max(rr.max_rank, 10), size=size,
+        mean=cfg.dataset.pixel_mean, std=cfg.dataset.pixel_std, batch_size=cfg.dataset.val_batch_size,
+        device=device, flip=cfg.model.with_flip_feature, num_workers=cfg.dataset.num_workers,
+        re_ranking={"k1": rr.k1, "k2": rr.k2, "lambda_value": rr.lambda_value} if rr.re_ranking else None)
+    plain = results["plain"]
+    metrics = {"epoch": epoch, **plain.as_percent_dict(), "num_valid_queries": plain.num_valid_queries}
+    if "re_ranked" in results:
+        metrics["re_ranked"] = results["re_ranked"].as_percent_dict()
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    for label, result in results.items():
+        m = result.as_percent_dict()
+        print(f"epoch {epoch} ({label}): mAP {m['mAP']:.1f}  rank-1 {m['rank1']:.1f}  "
+              f"rank-5 {m['rank5']:.1f}  rank-10 {m['rank10']:.1f}  mINP {m['mINP']:.1f}")
+    return {k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     size = (cfg.model.input_height, cfg.model.input_width)
     sampler = IdentityBatchSampler([r.pid for r in splits.train], cfg.dataset.batch_size // world,
                                    cfg.dataset.num_instances, seed=max(cfg.train.seed, 0),
-                                   rank=accelerator.process_index, world_size=world)
+                                   rank=accelerator.process_index, world_size=world, sample_seeds=True)
     augment = train_transform(size, cfg.dataset.pixel_mean, cfg.dataset.pixel_std, flip_prob=cfg.dataset.prob,
                               padding=cfg.dataset.padding, erase_prob=cfg.dataset.re_prob)
     # The identity sampler already gives each process its own batches, so the loader is not
@@ -129,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     label_smoothing = cfg.model.label_smooth_epsilon if cfg.model.label_smooth else 0.0
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = build_scheduler(optimizer, optim_cfg, cfg.train.num_epochs)
-    progress = Progress()
+    progress = Progress(cfg.dataset.batch_size, world)
 
     if args.dry_run:
         if main_process:
@@ -145,19 +174,26 @@ def main(argv: list[str] | None = None) -> int:
         center_loss = CenterLoss(num_classes, accelerator.unwrap_model(model).embedding_dim)
         center_optimizer = torch.optim.SGD(center_loss.parameters(), lr=optim_cfg.center_lr)
         center_loss, center_optimizer = accelerator.prepare(center_loss, center_optimizer)
-    accelerator.register_for_checkpointing(scheduler, progress)
+    accelerator.register_for_checkpointing(scheduler)
 
     checkpoint_dir = out_dir / "checkpoints"
-    resume_from = cfg.train.resume_training_checkpoint_path
-    if args.resume and resume_from is None:
-        resume_from = latest_checkpoint(checkpoint_dir)
-        if resume_from is None:
-            raise SystemExit(f"--resume: no checkpoint found in {checkpoint_dir}")
+    resume_from = resolve_resume(cfg.train.resume_training_checkpoint_path or ("auto" if args.resume else None),
+                                 checkpoint_dir, required=True)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        progress.load_state_dict(read_progress(resume_from))
         if main_process:
-            print(f"resumed from {resume_from} at epoch {progress.epoch}")
+            print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch + 1}, "
+                  f"batch {progress.batch})")
     scheduler.step(progress.epoch)
+    guard = NonFiniteGuard(cfg.train.max_nan_steps, script="finetune/run.py", checkpoint_dir=checkpoint_dir,
+                           advice="Lower train.optim.base_lr, raise train.optim.warmup_epochs or use "
+                                  "train.mixed_precision=bf16 or no")
+    guard.streak = progress.nan_streak
+
+    def checkpoint() -> Path:
+        return save_checkpoint(accelerator, checkpoint_dir, progress.state_dict(), keep_last=cfg.train.keep_last,
+                               keep_every=cfg.train.keep_every)
 
     if main_process:
         save_resolved_config(cfg, out_dir)
@@ -166,83 +202,88 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.init_trackers("finetune")
     log_path = out_dir / "log.jsonl"
 
-    for epoch in range(progress.epoch, cfg.train.num_epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        sums, count, started = defaultdict(float), 0, time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=not main_process)
-        modules = [model] + ([center_loss] if center_loss is not None else [])
-        for images, pids, _, _ in bar:
-            images, pids = images.to(accelerator.device), pids.to(accelerator.device)
-            with accelerator.accumulate(*modules):
-                out = model(images, pids)
-                parts = {}
-                if use_id_loss:
-                    parts["id"] = cfg.model.id_loss_weight * id_loss(out.logits, pids, label_smoothing)
-                if use_triplet:
-                    parts["triplet"] = cfg.model.triplet_loss_weight * triplet(out.features, pids)
-                if center_loss is not None:
-                    parts["center"] = optim_cfg.center_loss_weight * center_loss(out.features, pids)
-                loss = sum(parts.values())
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.train.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad()
-                if center_loss is not None:
-                    if accelerator.sync_gradients:
-                        scale_center_gradients(center_loss, optim_cfg.center_loss_weight)
-                    center_optimizer.step()
-                    center_optimizer.zero_grad()
-            sums["loss"] += loss.item()
-            for name, value in parts.items():
-                sums[f"loss_{name}"] += value.item()
-            sums["id_accuracy"] += (out.logits.argmax(1) == pids).float().mean().item()
-            count += 1
-            bar.set_postfix(loss=f"{sums['loss'] / count:.3f}")
+    stop = StopRequest()
+    with stop:
+        for epoch in range(progress.epoch, cfg.train.num_epochs):
+            sampler.set_epoch(epoch, progress.batch)
+            model.train()
+            sums, count, started = defaultdict(float), 0, time.time()
+            bar = tqdm(total=progress.batch + len(sampler), initial=progress.batch,
+                       desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=not main_process)
+            modules = [model] + ([center_loss] if center_loss is not None else [])
+            for images, pids, _, _ in rng_neutral(loader):
+                images, pids = images.to(accelerator.device), pids.to(accelerator.device)
+                with accelerator.accumulate(*modules):
+                    out = model(images, pids)
+                    parts = {}
+                    if use_id_loss:
+                        parts["id"] = cfg.model.id_loss_weight * id_loss(out.logits, pids, label_smoothing)
+                    if use_triplet:
+                        parts["triplet"] = cfg.model.triplet_loss_weight * triplet(out.features, pids)
+                    if center_loss is not None:
+                        parts["center"] = optim_cfg.center_loss_weight * center_loss(out.features, pids)
+                    loss = sum(parts.values())
+                    finite, stopping = agree(accelerator, loss, stop)  # every process skips / stops together
+                    if finite:
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and cfg.train.grad_clip > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                        optimizer.step()
+                        if center_loss is not None:
+                            if accelerator.sync_gradients:
+                                scale_center_gradients(center_loss, optim_cfg.center_loss_weight)
+                            center_optimizer.step()
+                    optimizer.zero_grad()
+                    if center_optimizer is not None:
+                        center_optimizer.zero_grad()
+                guard.update(finite, loss.item(), step=progress.step, epoch=epoch + 1, accelerator=accelerator)
+                progress.step += 1
+                progress.batch += 1
+                progress.nan_streak = guard.streak
+                if finite:
+                    sums["loss"] += loss.item()
+                    for name, value in parts.items():
+                        sums[f"loss_{name}"] += value.item()
+                    sums["id_accuracy"] += (out.logits.argmax(1) == pids).float().mean().item()
+                    count += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / max(count, 1):.3f}")
+                # Stop only where an optimizer step just ended, so accumulation resumes aligned.
+                if stopping and accelerator.sync_gradients:
+                    bar.close()
+                    saved = checkpoint()
+                    accelerator.print(f"SIGTERM: saved {saved} at step {progress.step} (epoch {epoch + 1}, "
+                                      f"batch {progress.batch}); exiting")
+                    accelerator.end_training()
+                    return 0
+            bar.close()
 
-        scheduler.step(epoch + 1)
-        progress.epoch = epoch + 1
-        record = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
-                  "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": time.time() - started,
-                  "images_per_second": count * images.shape[0] * world / (time.time() - started)}
+            scheduler.step(epoch + 1)
+            progress.epoch, progress.batch = epoch + 1, 0
+            seconds = time.time() - started
+            record = {"epoch": epoch + 1, "step": progress.step, **{k: v / max(count, 1) for k, v in sums.items()},
+                      "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                      "images_per_second": count * cfg.dataset.batch_size / max(seconds, 1e-9)}
 
-        last_epoch = epoch + 1 == cfg.train.num_epochs
-        if (epoch + 1) % cfg.train.validation_interval == 0 or last_epoch:
-            accelerator.wait_for_everyone()
+            # Save before validating: a failure in validation never loses the epoch.
+            last_epoch = epoch + 1 == cfg.train.num_epochs
+            if (epoch + 1) % cfg.train.checkpoint_interval == 0 or last_epoch:
+                checkpoint()
+                if main_process:
+                    save_reid_model(accelerator.unwrap_model(model), out_dir / "model.safetensors", cfg.model,
+                                    num_classes, cosine_scale=optim_cfg.cosine_scale,
+                                    cosine_margin=optim_cfg.cosine_margin, epoch=epoch + 1)
+            if (epoch + 1) % cfg.train.validation_interval == 0 or last_epoch:
+                accelerator.wait_for_everyone()
+                if main_process:
+                    record.update(validate(cfg, accelerator.unwrap_model(model), splits, size, epoch + 1,
+                                           accelerator.device, out_dir))
+                accelerator.wait_for_everyone()
+
             if main_process:
-                rr = cfg.re_ranking
-                results = evaluate_query_gallery(
-                    accelerator.unwrap_model(model), splits.query, splits.gallery,
-                    max_rank=max(rr.max_rank, 10), size=size, mean=cfg.dataset.pixel_mean,
-                    std=cfg.dataset.pixel_std, batch_size=cfg.dataset.val_batch_size,
-                    device=accelerator.device, flip=cfg.model.with_flip_feature,
-                    num_workers=cfg.dataset.num_workers,
-                    re_ranking={"k1": rr.k1, "k2": rr.k2, "lambda_value": rr.lambda_value}
-                    if rr.re_ranking else None)
-                plain = results["plain"]
-                metrics = {"epoch": epoch + 1, **plain.as_percent_dict(),
-                           "num_valid_queries": plain.num_valid_queries}
-                if "re_ranked" in results:
-                    metrics["re_ranked"] = results["re_ranked"].as_percent_dict()
-                atomic_write_json(out_dir / "metrics.json", metrics)
-                record.update({k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")})
-                for label, result in results.items():
-                    m = result.as_percent_dict()
-                    print(f"epoch {epoch + 1} ({label}): mAP {m['mAP']:.1f}  rank-1 {m['rank1']:.1f}  "
-                          f"rank-5 {m['rank5']:.1f}  rank-10 {m['rank10']:.1f}  mINP {m['mINP']:.1f}")
-            accelerator.wait_for_everyone()
-
-        if main_process:
-            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
-            with open(log_path, "a", encoding="utf-8") as log:
-                log.write(json.dumps(record) + "\n")
-        if (epoch + 1) % cfg.train.checkpoint_interval == 0 or last_epoch:
-            save_state_atomically(accelerator, checkpoint_dir / f"epoch_{epoch + 1:03d}")
-            if main_process:
-                save_reid_model(accelerator.unwrap_model(model), out_dir / "model.safetensors", cfg.model,
-                                num_classes, cosine_scale=optim_cfg.cosine_scale,
-                                cosine_margin=optim_cfg.cosine_margin, epoch=epoch + 1)
+                accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch + 1)
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(json.dumps(record) + "\n")
 
     accelerator.end_training()
     return 0

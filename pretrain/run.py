@@ -18,8 +18,8 @@ device, never wrapped; it is saved with ``accelerator.save_state`` next to the c
 the progress counters (global step, data epoch, batch within the epoch), so a resumed run
 continues at the same step with the same schedules, data and random numbers.
 
-Outputs in ``results_dir``: ``config.yaml``, ``log.jsonl`` (+ TensorBoard), checkpoints in
-``checkpoints/`` (``epoch_NNNN`` at epoch ends, ``step_NNNNNNNN`` on SIGTERM), and after every
+Outputs in ``results_dir``: ``config.yaml``, ``log.jsonl`` (+ TensorBoard), checkpoints
+``checkpoints/step_NNNNNNNN`` (at epoch ends and on SIGTERM; ``soliderkit.run_control``), and after every
 epoch ``backbone.safetensors`` (teacher backbone incl. the semantic controller: what
 ``finetune/run.py`` loads via ``model.pretrained_model_path``) and ``dino_head.safetensors``
 (teacher head + center: ``model.init_head_from`` of a continuation run).
@@ -57,13 +57,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
 from soliderkit.backbone import build_backbone, load_state, read_checkpoint, save_backbone
-from soliderkit.run_control import save_state_atomically
+from soliderkit.run_control import (NonFiniteGuard, StopRequest, agree, find_latest_checkpoint, read_progress,
+                                    resolve_resume, rng_neutral, save_checkpoint)
 from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
 from soliderkit.io import atomic_path
 from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
 from soliderkit.pretrain.knn import knn_reid, load_query_gallery
-from soliderkit.pretrain.multicrop import MultiCropAugmentation, derive_seed
+from soliderkit.pretrain.multicrop import MultiCropAugmentation
+from soliderkit.run_control import derive_seed
 from soliderkit.pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -149,21 +151,6 @@ class PretrainData:
     batches: Callable[[int, int], Iterator[list[torch.Tensor]]]
 
 
-def _rng_neutral(iterable) -> Iterator:
-    """Iterate without touching the global CPU RNG (a DataLoader draws its worker seed from it),
-    so an interrupted-and-resumed run draws the same λ, masks and drop-path as an uninterrupted one."""
-    iterator = None
-    while True:
-        with torch.random.fork_rng(devices=[]):
-            if iterator is None:
-                iterator = iter(iterable)
-            try:
-                item = next(iterator)
-            except StopIteration:
-                return
-        yield item
-
-
 def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool) -> PretrainData:
     d = cfg.data
     if d.path is None:
@@ -188,7 +175,7 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
 
         def folder_batches(epoch: int, start: int) -> Iterator[list[torch.Tensor]]:
             sampler.set_epoch(epoch, min(start, sampler.length))
-            return _rng_neutral(loader)
+            return rng_neutral(loader)
 
         return PretrainData(sampler.length, f"image folder {root}: {len(paths)} images", folder_batches)
 
@@ -208,7 +195,7 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
             return iter(())
         augment.set_epoch(epoch)
         loader.set_epoch(epoch)
-        return itertools.islice(_rng_neutral(loader), start, None)
+        return itertools.islice(rng_neutral(loader), start, None)
 
     summary = f"shards {d.path}: {len(loader.shards)} files, {loader.num_samples} images (resampled)"
     return PretrainData(loader.batches_per_epoch, summary, shard_batches)
@@ -318,18 +305,18 @@ class Schedules:
 
 
 class Progress:
-    """Where the run is: saved with the accelerate state, so resuming continues exactly there."""
+    """Where the run is: ``progress.json`` of each checkpoint, so resuming continues exactly there."""
 
     def __init__(self, iters_per_epoch: int = 0, total_batch: int = 0):
         self.step = 0  # optimizer iterations done (skipped non-finite steps included)
-        self.epoch = 0  # data epoch in progress
+        self.epoch = 0  # data epoch in progress (= epochs done)
         self.batch = 0  # batches of that epoch already trained
         self.iters_per_epoch = iters_per_epoch
         self.total_batch = total_batch
         self.nan_streak = 0
 
     def state_dict(self) -> dict:
-        return dict(vars(self))
+        return {**vars(self), "epoch_end": self.batch == 0}
 
     def load_state_dict(self, state: dict) -> None:
         saved = (int(state["iters_per_epoch"]), int(state["total_batch"]))
@@ -354,7 +341,7 @@ class Trainer:
     dino_loss: DINOLoss
     optimizer: torch.optim.Optimizer
     schedules: Schedules
-    stop: "StopRequest"
+    stop: StopRequest
 
 
 @dataclass
@@ -434,12 +421,9 @@ def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResu
             if not math.isnan(accuracy.item()):
                 stats["part_accuracy"] = accuracy.item()
 
-    # One collective: did any process get a non-finite loss, or a SIGTERM?
-    flags = acc.reduce(torch.stack([(~torch.isfinite(loss.detach())).float(),
-                                    torch.tensor(float(t.stop.requested), device=device)]), reduction="sum")
-    nonfinite, stop = (bool(v > 0) for v in flags.tolist())
+    finite, stop = agree(acc, loss, t.stop)  # every process skips / stops together
     stats.update(loss=loss.item(), loss_dino=loss_dino.item())
-    if nonfinite:
+    if not finite:
         t.optimizer.zero_grad(set_to_none=True)
         return StepResult(stats, False, stop)
 
@@ -460,47 +444,7 @@ def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResu
     return StepResult(stats, True, stop)
 
 
-# ============================================================================== run control
-
-class StopRequest:
-    """SIGTERM sets a flag; the loop checkpoints at the end of the current step and exits 0."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __enter__(self) -> "StopRequest":
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-
-def find_latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step (``progress.json`` is written before the rename)."""
-    found = []
-    for folder in checkpoint_dir.glob("*"):
-        info = folder / "progress.json"
-        if folder.is_dir() and not folder.name.startswith(".") and info.is_file():
-            found.append((json.loads(info.read_text())["step"], folder.name, folder))
-    return max(found)[2] if found else None
-
-
-def save_checkpoint(acc: Accelerator, checkpoint_dir: Path, name: str, progress: Progress, keep: set[str]) -> Path:
-    """accelerate state (+ progress.json) saved atomically; older checkpoints not in ``keep`` removed."""
-    final = save_state_atomically(acc, checkpoint_dir / name,
-                                  {"progress.json": json.dumps(progress.state_dict()) + "\n"})
-    if acc.is_main_process:
-        for old in checkpoint_dir.glob("*"):
-            if old.is_dir() and old != final and not old.name.startswith(".") and old.name not in keep:
-                shutil.rmtree(old)
-    acc.wait_for_everyone()
-    return final
-
+# ============================================================================== outputs
 
 def save_outputs(acc: Accelerator, t: Trainer, out_dir: Path, progress: Progress) -> None:
     if acc.is_main_process:
@@ -568,15 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         on_cpu = accelerator.device.type == "cpu"
         for warning in recipe_warnings(cfg, torch.backends.cpu.get_cpu_capability() if on_cpu else None):
             print(f"warning: {warning}", file=sys.stderr)
-    resume = "auto" if args.resume else cfg.train.resume
-    resume_from = None
-    if resume == "auto":
-        resume_from = find_latest_checkpoint(checkpoint_dir)
-    elif resume is not None:
-        resume_from = Path(resume)
-        if not (resume_from / "progress.json").is_file():
-            raise SystemExit(f"config error: train.resume={resume} is not a checkpoint folder written by "
-                             "pretrain/run.py (no progress.json)")
+    # --resume needs a checkpoint; train.resume=auto starts fresh when there is none.
+    resume_from = resolve_resume("auto" if args.resume else cfg.train.resume, checkpoint_dir,
+                                 required=args.resume)
 
     # ============ data ... ============
     data = build_data(cfg, accelerator.process_index, world, pin_memory=accelerator.device.type == "cuda")
@@ -607,10 +545,11 @@ def main(argv: list[str] | None = None) -> int:
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)
     dino_loss.to(accelerator.device)
-    accelerator.register_for_checkpointing(teacher, dino_loss, progress)
+    accelerator.register_for_checkpointing(teacher, dino_loss)
     set_seed(cfg.seed, device_specific=True)  # each process draws its own λ, masks and drop-path
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        progress.load_state_dict(read_progress(resume_from))
         if main_process:
             print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch + 1}, "
                   f"batch {progress.batch})")
@@ -650,7 +589,14 @@ def main(argv: list[str] | None = None) -> int:
         knn_record(0)
 
     epochs = cfg.optim.epochs
-    keep = lambda e: e % cfg.train.checkpoint_every == 0 or e == epochs  # noqa: E731
+    guard = NonFiniteGuard(cfg.train.max_nan_steps, script="pretrain/run.py", checkpoint_dir=checkpoint_dir,
+                           advice="Lower optim.lr, raise optim.warmup_epochs, use train.mixed_precision=bf16 or no")
+    guard.streak = progress.nan_streak
+
+    def checkpoint() -> Path:
+        return save_checkpoint(accelerator, checkpoint_dir, progress.state_dict(), keep_last=cfg.train.keep_last,
+                               keep_every=cfg.train.checkpoint_every)
+
     with trainer.stop:
         for epoch in range(progress.epoch, epochs):
             student.train()
@@ -665,18 +611,8 @@ def main(argv: list[str] | None = None) -> int:
                 window.add(result.stats, result.finite)
                 bar.update(1)
                 bar.set_postfix(loss=f"{result.stats['loss']:.3f}")
-                if result.finite:
-                    progress.nan_streak = 0
-                else:
-                    progress.nan_streak += 1
-                    accelerator.print(f"warning: non-finite loss ({result.stats['loss']}) at step {step}; "
-                                      f"step skipped ({progress.nan_streak} in a row)")
-                    if progress.nan_streak > cfg.train.max_nan_steps:
-                        raise SystemExit(
-                            f"pretrain/run.py: the loss was not finite for {progress.nan_streak} step(s) in a row "
-                            f"(last: step {step}, epoch {epoch + 1}); train.max_nan_steps={cfg.train.max_nan_steps}. "
-                            "Lower optim.lr, raise optim.warmup_epochs, use train.mixed_precision=bf16 or no, or "
-                            f"resume from the last checkpoint in {checkpoint_dir}")
+                guard.update(result.finite, result.stats["loss"], step=step, epoch=epoch + 1, accelerator=accelerator)
+                progress.nan_streak = guard.streak
                 if progress.step % cfg.train.log_every == 0 or result.stop:
                     seconds = time.time() - window.started
                     record = {"step": progress.step, "epoch": epoch + progress.batch / data.iters_per_epoch,
@@ -689,9 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                     window.reset()
                 if result.stop:
                     bar.close()
-                    saved = save_checkpoint(accelerator, checkpoint_dir, f"step_{progress.step:08d}", progress,
-                                            {f"epoch_{e:04d}" for e in range(1, epochs + 1) if keep(e)}
-                                            | {f"step_{progress.step:08d}"})
+                    saved = checkpoint()
                     accelerator.print(f"SIGTERM: saved {saved} at step {progress.step}; exiting")
                     accelerator.end_training()
                     return 0
@@ -699,9 +633,7 @@ def main(argv: list[str] | None = None) -> int:
             progress.epoch, progress.batch = epoch + 1, 0
             if (epoch + 1) % cfg.knn_eval.every_epochs == 0 or epoch + 1 == epochs:
                 knn_record(epoch + 1)
-            name = f"epoch_{epoch + 1:04d}"
-            save_checkpoint(accelerator, checkpoint_dir, name, progress,
-                            {f"epoch_{e:04d}" for e in range(1, epochs + 1) if keep(e)} | {name})
+            checkpoint()
             save_outputs(accelerator, trainer, out_dir, progress)
 
     if main_process:

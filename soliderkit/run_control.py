@@ -1,10 +1,162 @@
-"""Accelerate training state written so that a checkpoint folder is either complete or absent."""
+"""Run control both training loops share: stop on SIGTERM, skip non-finite steps, checkpoints.
+
+- :class:`StopRequest`: SIGTERM sets a flag; the loop saves a checkpoint at the end of the
+  current step and exits 0 (how SLURM / Kubernetes stop a job).
+- :func:`agree`: one collective per step tells every process whether any process saw a
+  non-finite loss (all skip the step) or a stop request (all stop), so DDP never hangs.
+- :class:`NonFiniteGuard`: counts skipped steps in a row and aborts with advice after N.
+- Checkpoints are ``checkpoints/step_NNNNNNNN/`` folders: the accelerate state plus
+  ``progress.json`` (our own counters, JSON, written before the folder is renamed into place,
+  so a folder with ``progress.json`` is complete). The newest is found by the step recorded
+  there, never by sorting names; :func:`save_checkpoint` keeps the last N plus the ones taken at
+  the end of every K-th epoch.
+- :func:`derive_seed` / :func:`rng_neutral`: random draws that depend only on (seed, position),
+  so a run stopped and resumed mid-epoch draws what an uninterrupted one draws.
+"""
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import random
 import shutil
+import signal
+import sys
 from pathlib import Path
+from typing import Iterable, Iterator
 
+import torch
 from accelerate import Accelerator
+
+PROGRESS_FILE = "progress.json"
+
+
+# ------------------------------------------------------------------------------ randomness
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any parts (Python's ``hash`` of strings varies per process)."""
+    text = ":".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block with torch's CPU RNG and Python's ``random`` seeded by ``seed``; both global
+    generators are restored afterwards (torchvision and timm augmentations draw from them)."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+def rng_neutral(iterable: Iterable) -> Iterator:
+    """Iterate without touching the global CPU RNG.
+
+    A DataLoader draws its workers' base seed from the global generator when an iterator is
+    created; a run resumed mid-epoch creates it at another point than an uninterrupted run,
+    which would shift every later draw (λ, masks, drop-path, dropout).
+    """
+    iterator = None
+    while True:
+        with torch.random.fork_rng(devices=[]):
+            if iterator is None:
+                iterator = iter(iterable)
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+
+
+# ------------------------------------------------------------------------------ stop and skip
+
+class StopRequest:
+    """SIGTERM sets ``requested``; the loop checkpoints at the end of the current step and exits 0."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def agree(accelerator: Accelerator, loss: torch.Tensor, stop: StopRequest) -> tuple[bool, bool]:
+    """``(finite, stop)`` as every process sees it: the loss was finite on all processes, and
+    some process was asked to stop. One all-reduce (and one host sync) per call."""
+    flags = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()),
+                         torch.tensor(float(stop.requested), device=loss.device)])
+    nonfinite, stop_anywhere = (bool(v > 0) for v in accelerator.reduce(flags, reduction="sum").tolist())
+    return not nonfinite, stop_anywhere
+
+
+class NonFiniteGuard:
+    """Skipped (non-finite) steps in a row; more than ``max_in_a_row`` aborts the run."""
+
+    def __init__(self, max_in_a_row: int, *, script: str, checkpoint_dir: Path, advice: str):
+        self.max_in_a_row, self.script = max_in_a_row, script
+        self.checkpoint_dir, self.advice = checkpoint_dir, advice
+        self.streak = 0
+
+    def update(self, finite: bool, loss: float, *, step: int, epoch: int, accelerator: Accelerator) -> None:
+        if finite:
+            self.streak = 0
+            return
+        self.streak += 1
+        accelerator.print(f"warning: non-finite loss ({loss}) at step {step}; step skipped "
+                          f"({self.streak} in a row)", file=sys.stderr)
+        if self.streak > self.max_in_a_row:
+            raise SystemExit(
+                f"{self.script}: the loss was not finite for {self.streak} step(s) in a row (last: step {step}, "
+                f"epoch {epoch}); train.max_nan_steps={self.max_in_a_row}. {self.advice}, or resume from the "
+                f"last checkpoint in {self.checkpoint_dir}")
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def read_progress(folder: str | Path) -> dict:
+    """The counters a checkpoint folder recorded; a clear error when it is not one of ours."""
+    path = Path(folder) / PROGRESS_FILE
+    if not path.is_file():
+        raise SystemExit(f"resume: {folder} is not a checkpoint folder written by this toolkit "
+                         f"(no {PROGRESS_FILE})")
+    try:
+        progress = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"resume: cannot read {path}: {exc}") from None
+    if not isinstance(progress, dict) or not isinstance(progress.get("step"), int):
+        raise SystemExit(f"resume: {path} has no integer 'step'")
+    return progress
+
+
+def _checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path, dict]]:
+    found = []
+    for folder in Path(checkpoint_dir).glob("*"):
+        if folder.is_dir() and not folder.name.startswith(".") and (folder / PROGRESS_FILE).is_file():
+            progress = read_progress(folder)
+            found.append((progress["step"], folder, progress))
+    return sorted(found, key=lambda item: (item[0], item[1].name))
+
+
+def find_latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest recorded step, or None."""
+    found = _checkpoints(Path(checkpoint_dir))
+    return found[-1][1] if found else None
 
 
 def save_state_atomically(accelerator: Accelerator, final: Path,
@@ -30,3 +182,47 @@ def save_state_atomically(accelerator: Accelerator, final: Path,
         partial.rename(final)
     accelerator.wait_for_everyone()
     return final
+
+
+def checkpoints_to_keep(entries: list[tuple[int, dict]], keep_last: int | None,
+                        keep_every: int | None) -> set[int]:
+    """Steps to keep among ``(step, progress)`` entries: the ``keep_last`` newest (all when None)
+    plus every checkpoint taken at the end of an epoch that is a multiple of ``keep_every``."""
+    steps = sorted(step for step, _ in entries)
+    if keep_last is None:
+        return set(steps)
+    keep = set(steps[-keep_last:]) if keep_last > 0 else set()
+    if keep_every:
+        keep |= {step for step, p in entries if p.get("epoch_end") and p["epoch"] % keep_every == 0}
+    return keep
+
+
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, progress: dict, *,
+                    keep_last: int | None = None, keep_every: int | None = None) -> Path:
+    """Save the accelerate state with ``progress`` (must hold ``step``, ``epoch`` = epochs done,
+    ``epoch_end``) as ``step_NNNNNNNN``; then delete older checkpoints outside the keep set.
+    The new checkpoint is always kept."""
+    final = save_state_atomically(accelerator, Path(checkpoint_dir) / checkpoint_name(progress["step"]),
+                                  {PROGRESS_FILE: json.dumps(progress) + "\n"})
+    if accelerator.is_main_process:
+        found = _checkpoints(Path(checkpoint_dir))
+        keep = checkpoints_to_keep([(step, p) for step, _, p in found], keep_last, keep_every)
+        for step, folder, _ in found:
+            if folder != final and step not in keep:
+                shutil.rmtree(folder)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_resume(resume: str | None, checkpoint_dir: Path, *, required: bool) -> Path | None:
+    """The checkpoint to resume from: ``"auto"`` = the newest in ``checkpoint_dir`` (an error when
+    ``required`` and there is none, else a fresh start), a path = that folder, None = fresh."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        latest = find_latest_checkpoint(checkpoint_dir)
+        if latest is None and required:
+            raise SystemExit(f"--resume: no checkpoint found in {checkpoint_dir}")
+        return latest
+    read_progress(resume)  # a clear error when it is not a checkpoint folder
+    return Path(resume)

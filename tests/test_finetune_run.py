@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,12 @@ def _overrides(world, results, *extra):
             "re_ranking.re_ranking=true", "re_ranking.k1=6", "re_ranking.k2=3", *extra]
 
 
+def _checkpoints(results):
+    """Checkpoint folders in the order of the step each recorded."""
+    folders = (Path(results) / "train/checkpoints").glob("step_*")
+    return sorted(folders, key=lambda f: json.loads((f / "progress.json").read_text())["step"])
+
+
 def _log(results):
     return [json.loads(line) for line in (Path(results) / "train/log.jsonl").read_text().splitlines()]
 
@@ -48,8 +55,9 @@ def test_training_writes_metrics_and_steps_the_center_loss(tiny_world, tmp_path)
     assert [r["epoch"] for r in _log(results)] == [1, 2]
     assert all("loss_center" in r for r in _log(results))
     # accelerate saves prepared modules in order: model, then the center loss.
-    centers = [load_file(results / f"train/checkpoints/epoch_00{e}/model_1.safetensors")["centers"]
-               for e in (1, 2)]
+    folders = _checkpoints(results)
+    assert [json.loads((f / "progress.json").read_text())["epoch"] for f in folders] == [1, 2]
+    centers = [load_file(f / "model_1.safetensors")["centers"] for f in folders]
     assert (centers[0] - centers[1]).abs().max() > 0
     model, model_cfg, _ = load_reid_model(results / "train/model.safetensors")
     assert model_cfg.with_center_loss and not model.training
@@ -63,13 +71,54 @@ def test_resume_continues_with_the_same_losses(tiny_world, tmp_path):
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, full)]) == 0
     resumed = tmp_path / "resumed"
     (resumed / "train/checkpoints").mkdir(parents=True)
-    shutil.copytree(full / "train/checkpoints/epoch_001", resumed / "train/checkpoints/epoch_001")
+    first = _checkpoints(full)[0]
+    shutil.copytree(first, resumed / "train/checkpoints" / first.name)
     assert run.main(["--config", CONFIG, "--resume", *_overrides(tiny_world, resumed)]) == 0
     [epoch2] = _log(resumed)
     expected = _log(full)[1]
     assert epoch2["epoch"] == 2
     for key in ("loss", "loss_id", "loss_triplet", "lr", "mAP"):
         assert epoch2[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9)
+
+
+def test_sigterm_mid_epoch_then_resume_gives_the_same_final_weights(tiny_world, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    assert run.main(["--config", CONFIG, *_overrides(tiny_world, full)]) == 0
+
+    # A real SIGTERM during the third batch of epoch 1: checkpoint after that step, exit 0.
+    calls = {"n": 0}
+    original = run.id_loss
+
+    def loss_then_signal(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(run, "id_loss", loss_then_signal)
+    assert run.main(["--config", CONFIG, *_overrides(tiny_world, cut)]) == 0
+    monkeypatch.setattr(run, "id_loss", original)
+    [saved] = _checkpoints(cut)
+    progress = json.loads((saved / "progress.json").read_text())
+    assert (progress["step"], progress["epoch"], progress["batch"], progress["epoch_end"]) == (3, 0, 3, False)
+    assert not (cut / "train/metrics.json").exists()
+
+    assert run.main(["--config", CONFIG, "--resume", *_overrides(tiny_world, cut)]) == 0
+    a, b = load_file(full / "train/model.safetensors"), load_file(cut / "train/model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert _log(cut)[-1]["epoch"] == 2
+    for key in ("loss", "loss_id", "loss_triplet", "mAP"):
+        assert _log(cut)[-1][key] == pytest.approx(_log(full)[-1][key], rel=1e-5, abs=1e-7), key
+
+
+def test_non_finite_losses_are_skipped_then_abort(tiny_world, tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "id_loss", lambda logits, pids, smoothing: logits.sum() * float("nan"))
+    with pytest.raises(SystemExit, match=r"not finite for 2 step\(s\) in a row.*max_nan_steps=1"):
+        run.main(["--config", CONFIG, *_overrides(tiny_world, tmp_path / "nan", "train.max_nan_steps=1")])
+    assert not (tmp_path / "nan/train/checkpoints").exists() or not _checkpoints(tmp_path / "nan")
 
 
 def test_two_process_cpu_run(tiny_world, tmp_path):

@@ -24,6 +24,7 @@ from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOLoss
 from soliderkit.pretrain.multicrop import MultiCropAugmentation
 from soliderkit.pretrain.semantic import cluster_parts, mask_parts, sklearn_part_labels
+from soliderkit.run_control import StopRequest, find_latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 run = load_script("pretrain/run.py")
@@ -182,7 +183,7 @@ def test_one_step_updates_student_part_classifier_and_teacher_by_ema(tiny_world,
     optimizer = torch.optim.AdamW(run.param_groups(student))
     schedules = run.Schedules.build(cfg, iters_per_epoch=2, total_batch=4)
     student, optimizer = accelerator.prepare(student, optimizer)
-    trainer = run.Trainer(accelerator, cfg, student, teacher, dino_loss, optimizer, schedules, run.StopRequest())
+    trainer = run.Trainer(accelerator, cfg, student, teacher, dino_loss, optimizer, schedules, StopRequest())
     plain = accelerator.unwrap_model(student)
     before_s = {k: v.clone() for k, v in plain.state_dict().items()}
     before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -238,7 +239,7 @@ def test_sigterm_checkpoints_and_resume_continues_with_the_same_loss(tiny_world,
     monkeypatch.setattr(run, "train_one_step", step_then_signal)
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, cut)]) == 0
     monkeypatch.setattr(run, "train_one_step", original)
-    assert run.find_latest_checkpoint(cut / "checkpoints").name == "step_00000003"
+    assert find_latest_checkpoint(cut / "checkpoints").name == "step_00000003"
     assert [r["step"] for r in _log(cut)] == [1, 2, 3]
 
     assert run.main(["--config", CONFIG, "--resume", *_overrides(tiny_world, cut)]) == 0
@@ -273,7 +274,7 @@ def test_trains_from_webdataset_shards(tiny_world, tmp_path):
                                                       f"data.path={tmp_path / 'shards'}", "data.shuffle_buffer=8",
                                                       "optim.epochs=1")]) == 0
     assert [r["step"] for r in _log(results)] == [1, 2]
-    assert (results / "checkpoints/epoch_0001/progress.json").is_file()
+    assert json.loads((results / "checkpoints/step_00000002/progress.json").read_text())["epoch_end"]
 
 
 # --- two processes ------------------------------------------------------------------------------

@@ -247,11 +247,20 @@ class TrainConfig:
     # EXTENSIONS (not in TAO):
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no")  # autocast precision for training
     gradient_accumulation_steps: int = option(1)  # micro-batches accumulated per optimizer step
+    # checkpoints kept: the newest N (null = every checkpoint, as TAO) plus those of every K-th epoch
+    keep_last: int | None = option(None)
+    keep_every: int | None = option(None)
+    # consecutive non-finite-loss steps skipped before aborting; 0 = abort at the first
+    max_nan_steps: int = option(0)
 
     def validate(self) -> None:
         for key in ("num_epochs", "checkpoint_interval", "validation_interval",
                     "gradient_accumulation_steps"):
             require(getattr(self, key) >= 1, key, "must be >= 1")
+        require(self.keep_last is None or self.keep_last >= 1, "keep_last",
+                "must be >= 1 (the newest checkpoint is what --resume uses), or null to keep all")
+        require(self.keep_every is None or self.keep_every >= 1, "keep_every", "must be >= 1 or null")
+        require(self.max_nan_steps >= 0, "max_nan_steps", "must be >= 0")
         require(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
 
 

@@ -5,8 +5,11 @@ Every step each process gets P identities x K images (SOLIDER-REID / TAO
 sampled with replacement. One global batch of ``world_size * P`` identities is drawn per
 step and each process takes its own contiguous slice of identities, so no image group is
 seen twice in a step and every process sees the same number of batches (DDP never waits
-on a rank that ran out). The order is a pure function of (seed, epoch): resuming at an
-epoch boundary replays it exactly.
+on a rank that ran out). The order is a pure function of (seed, epoch), and
+``set_epoch(epoch, start_batch)`` skips the batches a resumed run already trained. With
+``sample_seeds=True`` every index comes with its own augmentation seed, a function of
+(seed, epoch, step, position), so the augmented images do not depend on where a run was
+interrupted or how many loader workers there are.
 """
 from __future__ import annotations
 
@@ -15,12 +18,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from soliderkit.run_control import derive_seed
+
 
 class IdentityBatchSampler:
     """Yields lists of dataset indices, ``ids_per_batch * num_instances`` per batch, for one rank."""
 
     def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, sample_seeds: bool = False):
         if batch_size % num_instances:
             raise ValueError(f"per-process batch size {batch_size} is not a multiple of "
                              f"num_instances={num_instances}")
@@ -38,11 +43,12 @@ class IdentityBatchSampler:
                              f"identities ({world_size} processes x {self.ids_per_rank}); lower the "
                              "batch size or raise num_instances")
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
+        self.sample_seeds = sample_seeds
+        self.epoch, self.start = 0, 0
         self._plan: tuple[int, list] | None = None  # (epoch, steps): len() and iter() share one draw
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
 
     def _global_steps(self) -> list[list[list[int]]]:
         """The epoch's steps, each a list of ``ids_per_step`` groups of K indices."""
@@ -68,10 +74,16 @@ class IdentityBatchSampler:
             available = [pid for pid in available if groups_by_pid[pid]]
         return steps
 
-    def __iter__(self) -> Iterator[list[int]]:
-        start = self.rank * self.ids_per_rank
-        for step in self._global_steps():
-            yield [index for group in step[start:start + self.ids_per_rank] for index in group]
+    def __iter__(self) -> Iterator[list]:
+        first = self.rank * self.ids_per_rank
+        steps = self._global_steps()
+        for j in range(min(self.start, len(steps)), len(steps)):
+            batch = [index for group in steps[j][first:first + self.ids_per_rank] for index in group]
+            if self.sample_seeds:
+                offset = first * self.num_instances
+                batch = [(index, derive_seed("finetune-sample", self.seed, self.epoch, j, offset + k))
+                         for k, index in enumerate(batch)]
+            yield batch
 
     def __len__(self) -> int:
-        return len(self._global_steps())
+        return max(len(self._global_steps()) - self.start, 0)

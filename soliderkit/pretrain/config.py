@@ -192,8 +192,9 @@ class TrainConfig:
 
     # autocast precision (DINO trains in fp16)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("fp16")
-    # keep an epoch-numbered checkpoint every N epochs (the latest is always saved) (SOLIDER: saveckp_freq)
+    # a checkpoint is saved at every epoch end; keep the one of every N-th epoch (SOLIDER: saveckp_freq)
     checkpoint_every: int = option(5)
+    keep_last: int = option(1)  # ... and the newest N checkpoints (an interrupted run's included)
     log_every: int = option(50)  # log losses every N steps
     # checkpoint folder to continue from (same step, schedules, data epoch); "auto" = the
     # newest in results_dir/checkpoints, or a fresh start when there is none; null = fresh start
@@ -203,6 +204,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        require(self.keep_last >= 1, "keep_last", "must be >= 1 (the newest checkpoint is what --resume uses)")
         require(self.log_every >= 1, "log_every", "must be >= 1")
         require(self.max_nan_steps >= 0, "max_nan_steps", "must be >= 0")
 

@@ -22,7 +22,6 @@ epoch.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from typing import Sequence
@@ -32,13 +31,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import InterpolationMode
 
-__all__ = ["MultiCropAugmentation", "derive_seed"]
+from soliderkit.run_control import derive_seed
 
-
-def derive_seed(*parts) -> int:
-    """A stable 63-bit seed from any parts (Python's ``hash`` of strings varies per process)."""
-    text = ":".join(str(p) for p in parts)
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+__all__ = ["MultiCropAugmentation"]
 
 
 def random_resized_box(width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from soliderkit.reid.datasets import ImageRecord
+from soliderkit.run_control import seeded
 
 
 def train_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
@@ -39,7 +40,12 @@ def test_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[f
 
 
 class ImageDataset(Dataset):
-    """(image tensor, pid, camid, index) for each record."""
+    """(image tensor, pid, camid, index) for each record.
+
+    ``dataset[i]`` transforms with the global RNGs; ``dataset[(i, seed)]`` draws the
+    augmentation from ``seed`` alone (and leaves the global RNGs as they were), which is what
+    makes a resumed or multi-worker run see the same images as an uninterrupted one.
+    """
 
     def __init__(self, records: Sequence[ImageRecord], transform: Callable):
         self.records = list(records)
@@ -48,14 +54,18 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, seed = item if isinstance(item, tuple) else (item, None)
         record = self.records[index]
         try:
             with Image.open(record.path) as image:
                 image = image.convert("RGB")
         except OSError as exc:
             raise OSError(f"cannot read image {record.path}: {exc}") from exc
-        return self.transform(image), record.pid, record.camid, index
+        if seed is None:
+            return self.transform(image), record.pid, record.camid, index
+        with seeded(seed):
+            return self.transform(image), record.pid, record.camid, index
 
 
 def collate(batch):
