@@ -5,6 +5,12 @@ A schema is a tree of ``@dataclass`` classes whose fields carry type hints and d
 and type against the schema, calls each section's ``validate()`` and returns the instance.
 Every problem is a ``ConfigError`` naming the dotted key, the value and where it came from.
 
+A file may build on others: a top-level ``_base_: other.yaml`` (or a list of files, merged left
+to right) names bases, relative to the naming file's folder, which may have bases themselves.
+The file's own keys go on top: mappings merge key by key, any other value (a scalar, a list,
+null) replaces the base's whole. ``_base_`` itself is not a config key. Errors name the file that
+wrote the offending key, base or child; ``${...}`` references resolve after the merge.
+
 Field helpers for schema modules:
 
 * ``option(default, no_effect="why")`` -- a field with a (possibly mutable) default. When
@@ -22,6 +28,7 @@ import copy
 import dataclasses
 import difflib
 import logging
+import os
 import re
 import types
 from collections.abc import Mapping, Sequence
@@ -120,6 +127,70 @@ def _mark(data: Mapping, prefix: str, source: str, sources: dict[str, str]) -> N
         sources[key] = source
         if isinstance(v, Mapping):
             _mark(v, key, source, sources)
+
+
+BASE_KEY = "_base_"
+
+
+def _bases(data: dict, path: Path) -> list[str]:
+    """Pop ``_base_`` from a file's top level: the base file names, in merge order."""
+    value = data.pop(BASE_KEY, None)
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ConfigError(f"{path}: {BASE_KEY}={_show(value)}: expected a file path or a list of file paths")
+    return names
+
+
+def _forget(sources: dict[str, str], key: str) -> None:
+    """Drop the recorded source of ``key`` and of every key below it."""
+    for k in [k for k in sources if k == key or k.startswith(key + ".")]:
+        del sources[k]
+
+
+def _merge_tracked(dst: dict, src: Mapping, prefix: str, dst_sources: dict[str, str],
+                   src_sources: Mapping[str, str]) -> None:
+    """Merge ``src`` into ``dst``: mappings key by key, anything else replaces the old value whole.
+    Every key path written takes its source from ``src_sources``; a replaced subtree's are dropped.
+    Mappings are rebuilt, never shared, so later merges cannot reach into a base's data."""
+    for k, v in src.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            if not isinstance(dst.get(k), dict):
+                _forget(dst_sources, key)
+                dst[k] = {}
+            dst_sources[key] = src_sources[key]
+            _merge_tracked(dst[k], v, key, dst_sources, src_sources)
+        else:
+            _forget(dst_sources, key)
+            dst[k] = v
+            dst_sources[key] = src_sources[key]
+
+
+def _read_tree(path: Path, chain: tuple[tuple[Path, str], ...] = ()) -> tuple[dict, dict[str, str]]:
+    """Read ``path`` with its ``_base_`` files merged in: the raw mapping, and for every dotted key
+    the file that wrote the value it holds. ``chain`` is the (resolved, shown) files naming this one."""
+    data = _read_file(path)
+    names = _bases(data, path)
+    own: dict[str, str] = {}
+    _mark(data, "", str(path), own)
+    chain = (*chain, (path.resolve(), str(path)))
+    raw: dict = {}
+    sources: dict[str, str] = {}
+    for i, name in enumerate(names):
+        where = f"{BASE_KEY}[{i}]" if len(names) > 1 else BASE_KEY
+        target = Path(os.path.normpath(path.parent / name))
+        resolved = [r for r, _ in chain]
+        if target.resolve() in resolved:
+            loop = [shown for _, shown in chain[resolved.index(target.resolve()):]] + [str(target)]
+            raise ConfigError(f"{path}: {where}={name!r}: the bases form a cycle: {' -> '.join(loop)}")
+        if not target.is_file():
+            raise ConfigError(f"{path}: {where}={name!r}: base file not found (looked for {target})")
+        base_raw, base_sources = _read_tree(target, chain)
+        _merge_tracked(raw, base_raw, "", sources, base_sources)
+    _merge_tracked(raw, data, "", sources, own)
+    return raw, sources
 
 
 def _merge(dst: dict, src: Mapping) -> None:
@@ -381,14 +452,16 @@ def _validate_tree(obj: Any, prefix: str, ctx: _Ctx) -> None:
         validate()
     except _Invalid as e:
         keys = [f"{prefix}.{k}" if prefix else k for k in e.keys]
-        user_set = [k for k in keys if ctx.source(k) != "defaults"]
+        # a key written somewhere names its own file, before one only inside a written section
+        user_set = [k for k in keys if k in ctx.sources] or [k for k in keys if ctx.source(k) != "defaults"]
         where = ctx.source(user_set[0]) if user_set else "defaults"
         raise ConfigError(f"{where}: {keys[0]}={_show(_lookup(obj, e.keys[0]))}: {e.message}") from None
 
 
 def load_config(schema_cls: type, path: str | Path | None = None, overrides: Sequence[str] = (),
                 *, warn_no_effect: bool = True) -> Any:
-    """Build ``schema_cls`` from the YAML at ``path`` (optional) and ``key=value`` overrides.
+    """Build ``schema_cls`` from the YAML at ``path`` (optional; its ``_base_`` files merged
+    in) and ``key=value`` overrides.
 
     Raises ``ConfigError`` for unknown keys, wrong types and impossible values. Logs one
     warning line per set field marked ``no_effect`` (unless ``warn_no_effect`` is False,
@@ -397,8 +470,7 @@ def load_config(schema_cls: type, path: str | Path | None = None, overrides: Seq
     raw: dict = {}
     sources: dict[str, str] = {}
     if path is not None:
-        raw = _read_file(Path(path))
-        _mark(raw, "", str(path), sources)
+        raw, sources = _read_tree(Path(path))
     if isinstance(overrides, str):
         overrides = [overrides]
     for text in overrides:

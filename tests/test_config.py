@@ -263,6 +263,152 @@ def test_interpolation_like_tao_specs(tmp_path):
         load_config(FinetuneConfig, overrides=["results_dir=${nowhere}/x"])
 
 
+# --- `_base_` inheritance ------------------------------------------------------------------
+
+BASE_SPEC = """\
+results_dir: /base
+model:
+  backbone: swin_small_patch4_window7_224
+  feat_dim: 512
+dataset:
+  pixel_mean: [0.1, 0.2, 0.3]
+  train_dataset_dir: [/a, /b]
+train:
+  num_epochs: 50
+  optim:
+    base_lr: 0.01
+    lr_steps: [10, 20]
+"""
+
+
+def test_child_overrides_base_merges_sections_and_replaces_lists(tmp_path):
+    write(tmp_path, BASE_SPEC, "base.yaml")
+    child = write(tmp_path, "_base_: base.yaml\nmodel:\n  feat_dim: 128\ndataset:\n  pixel_mean: [0.5, 0.5, 0.5]\n"
+                            "  train_dataset_dir: [/c]\ntrain:\n  optim:\n    lr_steps: [30]\n", "child.yaml")
+    cfg = load_config(FinetuneConfig, child)
+    assert cfg.model.feat_dim == 128  # the child wins
+    assert cfg.model.backbone == "swin_small_patch4_window7_224"  # a sibling from the base survives
+    assert cfg.results_dir == "/base" and cfg.train.num_epochs == 50
+    assert cfg.train.optim.base_lr == 0.01 and cfg.train.optim.lr_steps == [30]  # two levels deep
+    assert cfg.dataset.pixel_mean == [0.5, 0.5, 0.5] and cfg.dataset.train_dataset_dir == ["/c"]  # replaced whole
+    assert cfg.dataset.batch_size == FinetuneConfig().dataset.batch_size  # set nowhere: the default
+
+
+def test_a_scalar_or_null_replaces_a_whole_base_value(tmp_path):
+    write(tmp_path, BASE_SPEC, "base.yaml")
+    cfg = load_config(FinetuneConfig, write(tmp_path, "_base_: base.yaml\ndataset:\n  train_dataset_dir: /one\n"
+                                                      "model: null\n", "child.yaml"))
+    assert cfg.dataset.train_dataset_dir == "/one" and cfg.model == FinetuneConfig().model
+
+
+def test_chain_of_bases_in_other_folders(tmp_path):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "exp").mkdir()
+    write(tmp_path / "common", "train:\n  num_epochs: 10\n  seed: 1\nmodel:\n  feat_dim: 64\n", "root.yaml")
+    write(tmp_path / "common", "_base_: root.yaml\ntrain:\n  seed: 2\n", "middle.yaml")
+    child = write(tmp_path / "exp", "_base_: ../common/middle.yaml\ntrain:\n  num_epochs: 3\n", "child.yaml")
+    cfg = load_config(FinetuneConfig, child)
+    assert (cfg.train.num_epochs, cfg.train.seed, cfg.model.feat_dim) == (3, 2, 64)
+
+
+def test_list_of_bases_merges_left_to_right_then_the_child(tmp_path):
+    write(tmp_path, "train:\n  num_epochs: 1\n  seed: 1\nmodel:\n  feat_dim: 64\n", "a.yaml")
+    write(tmp_path, "train:\n  seed: 2\n  checkpoint_interval: 7\n", "b.yaml")
+    child = write(tmp_path, "_base_: [a.yaml, b.yaml]\ntrain:\n  checkpoint_interval: 9\n", "child.yaml")
+    cfg = load_config(FinetuneConfig, child)
+    assert (cfg.train.num_epochs, cfg.train.seed, cfg.train.checkpoint_interval, cfg.model.feat_dim) == (1, 2, 9, 64)
+
+
+def test_overrides_and_references_apply_after_the_merge(tmp_path):
+    write(tmp_path, 'results_dir: /base\ntrain:\n  results_dir: "${results_dir}/train"\n  num_epochs: 4\n', "base.yaml")
+    child = write(tmp_path, "_base_: base.yaml\nresults_dir: /child\n", "child.yaml")
+    cfg = load_config(FinetuneConfig, child, ["train.num_epochs=8"])
+    assert cfg.train.results_dir == "/child/train" and cfg.train.num_epochs == 8
+
+
+def test_cycle_of_bases_names_the_files(tmp_path):
+    a = write(tmp_path, "_base_: b.yaml\n", "a.yaml")
+    write(tmp_path, "_base_: a.yaml\ntrain:\n  seed: 1\n", "b.yaml")
+    with pytest.raises(ConfigError, match="cycle") as e:
+        load_config(FinetuneConfig, a)
+    assert f"{a} -> {tmp_path / 'b.yaml'} -> {a}" in str(e.value)
+    itself = write(tmp_path, "_base_: self.yaml\n", "self.yaml")
+    with pytest.raises(ConfigError, match=f"cycle: {itself} -> {itself}"):
+        load_config(FinetuneConfig, itself)
+
+
+def test_diamond_is_not_a_cycle(tmp_path):
+    write(tmp_path, "train:\n  seed: 5\n", "root.yaml")
+    write(tmp_path, "_base_: root.yaml\n", "left.yaml")
+    write(tmp_path, "_base_: root.yaml\n", "right.yaml")
+    assert load_config(FinetuneConfig, write(tmp_path, "_base_: [left.yaml, right.yaml]\n", "c.yaml")).train.seed == 5
+
+
+def test_missing_base_names_the_child_the_key_and_the_path(tmp_path):
+    child = write(tmp_path, "_base_: nowhere/base.yaml\n", "child.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_config(FinetuneConfig, child)
+    msg = str(e.value)
+    assert msg.startswith(f"{child}: _base_='nowhere/base.yaml'") and "not found" in msg
+    assert str(tmp_path / "nowhere" / "base.yaml") in msg
+    write(tmp_path, "", "ok.yaml")
+    with pytest.raises(ConfigError, match=r"_base_\[1\]='gone\.yaml': base file not found"):
+        load_config(FinetuneConfig, write(tmp_path, "_base_: [ok.yaml, gone.yaml]\n", "two.yaml"))
+
+
+def test_base_must_name_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"_base_=3: expected a file path or a list of file paths"):
+        load_config(FinetuneConfig, write(tmp_path, "_base_: 3\n"))
+
+
+def test_unknown_key_in_a_base_names_the_base_file(tmp_path):
+    base = write(tmp_path, "model:\n  bacbone: swin_tiny_patch4_window7_224\n", "base.yaml")
+    child = write(tmp_path, "_base_: base.yaml\nmodel:\n  feat_dim: 128\n", "child.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_config(FinetuneConfig, child)
+    msg = str(e.value)
+    assert msg.startswith(f"{base}: unknown key `model.bacbone`") and "model.backbone" in msg
+
+
+def test_wrong_type_names_the_file_that_wrote_it(tmp_path):
+    base = write(tmp_path, "train:\n  num_epochs: ten\n  seed: 3\n", "base.yaml")
+    child = write(tmp_path, "_base_: base.yaml\ntrain:\n  seed: three\n", "child.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_config(FinetuneConfig, child, ["train.num_epochs=5"])  # the base's bad value is overridden
+    assert str(e.value).startswith(f"{child}: train.seed='three': expected an integer")
+    with pytest.raises(ConfigError) as e:
+        load_config(FinetuneConfig, child, ["train.seed=4"])
+    assert str(e.value).startswith(f"{base}: train.num_epochs='ten': expected an integer")
+
+
+def test_impossible_value_from_a_base_names_the_base(tmp_path):
+    base = write(tmp_path, "dataset:\n  num_instances: 5\n", "base.yaml")
+    child = write(tmp_path, "_base_: base.yaml\ndataset:\n  num_workers: 2\n", "child.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_config(FinetuneConfig, child)
+    assert str(e.value).startswith(f"{base}: dataset.batch_size=64") and "num_instances (5)" in str(e.value)
+
+
+def test_no_effect_notice_names_the_base(tmp_path, caplog):
+    base = write(tmp_path, "model:\n  last_stride: 1\n", "base.yaml")
+    with caplog.at_level(logging.WARNING, logger="soliderkit.config"):
+        load_config(FinetuneConfig, write(tmp_path, "_base_: base.yaml\n", "child.yaml"))
+    assert [line.split(":")[0] for line in no_effect_lines(caplog)] == [str(base)]
+
+
+def test_base_key_is_not_in_the_resolved_or_saved_config(tmp_path):
+    write(tmp_path, BASE_SPEC, "base.yaml")
+    child = write(tmp_path, "_base_: base.yaml\ntrain:\n  seed: 9\n", "child.yaml")
+    cfg = load_config(FinetuneConfig, child)
+    saved = save_resolved_config(cfg, tmp_path / "run")
+    data = yaml.safe_load(saved.read_text())
+    assert "_base_" not in config_to_dict(cfg) and "_base_" not in data
+    assert data == config_to_dict(cfg) and data["model"]["feat_dim"] == 512  # the full config, base values in
+    assert load_config(FinetuneConfig, saved, warn_no_effect=False) == cfg
+    with pytest.raises(ConfigError, match="unknown key `_base_`"):
+        load_config(FinetuneConfig, overrides=["_base_=base.yaml"])  # a file-only key
+
+
 # --- no-effect fields ----------------------------------------------------------------------
 
 def test_card_model_block_loads_with_one_warning_per_no_effect_field(tmp_path, caplog):
@@ -309,6 +455,34 @@ def test_full_tao_reference_spec_loads():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_config_loads(path):
     load_config(schema_for(path), path, warn_no_effect=False)
+
+
+def leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        keys += leaf_keys(v, key) if isinstance(v, dict) and v else [key]
+    return keys
+
+
+def value_at(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "_base_" in yaml.safe_load(p.read_text())],
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_presets_with_a_base_state_only_what_differs(path, tmp_path):
+    own = yaml.safe_load(path.read_text())
+    bases = own.pop("_base_")
+    bases = [bases] if isinstance(bases, str) else bases
+    only_bases = write(tmp_path, f"_base_: {[str(path.parent / name) for name in bases]}\n", "bases.yaml")
+    schema = schema_for(path)
+    cfg = load_config(schema, path, warn_no_effect=False)
+    base_cfg = load_config(schema, only_bases, warn_no_effect=False)
+    same = [k for k in leaf_keys(own) if value_at(cfg, k) == value_at(base_cfg, k)]
+    assert same == [], f"{path.name} repeats its base's value for {same}"
 
 
 def test_the_expected_configs_exist():
