@@ -26,8 +26,8 @@ from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
 from soliderkit.backbone import build_backbone
-from soliderkit.reid.transforms import test_transform
 from soliderkit.pretrain.semantic import cluster_parts, sklearn_part_labels
+from soliderkit.reid.transforms import test_transform
 
 
 def load_images(folder: str | None, count: int, size: tuple[int, int]) -> torch.Tensor:

@@ -29,18 +29,25 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from soliderkit.backbone import CheckpointError
-from soliderkit.run_control import (NonFiniteGuard, StopRequest, agree, read_progress, resolve_resume,
-                                    rng_neutral, save_checkpoint)
 from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
-from soliderkit.io import atomic_write_json
 from soliderkit.finetune.config import DatasetConfig, FinetuneConfig
-from soliderkit.reid.transforms import ImageDataset, collate, train_transform
-from soliderkit.reid.datasets import ReidSplits, parse_folders, parse_msmt17
-from soliderkit.reid.evaluation import evaluate_query_gallery
 from soliderkit.finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
 from soliderkit.finetune.model import build_reid_model, save_reid_model
 from soliderkit.finetune.optim import build_optimizer, build_scheduler
 from soliderkit.finetune.sampler import IdentityBatchSampler
+from soliderkit.io import atomic_write_json
+from soliderkit.reid.datasets import ReidSplits, parse_folders, parse_msmt17
+from soliderkit.reid.evaluation import evaluate_query_gallery
+from soliderkit.reid.transforms import ImageDataset, collate, train_transform
+from soliderkit.run_control import (
+    NonFiniteGuard,
+    StopRequest,
+    agree,
+    load_checkpoint,
+    resolve_resume,
+    rng_neutral,
+    save_checkpoint,
+)
 
 
 def load_splits(cfg: DatasetConfig) -> ReidSplits:
@@ -174,14 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         center_loss = CenterLoss(num_classes, accelerator.unwrap_model(model).embedding_dim)
         center_optimizer = torch.optim.SGD(center_loss.parameters(), lr=optim_cfg.center_lr)
         center_loss, center_optimizer = accelerator.prepare(center_loss, center_optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    extra_state = {"scheduler": scheduler}  # saved as safetensors + JSON, never pickle
 
     checkpoint_dir = out_dir / "checkpoints"
     resume_from = resolve_resume(cfg.train.resume_training_checkpoint_path or ("auto" if args.resume else None),
                                  checkpoint_dir, required=True)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        progress.load_state_dict(read_progress(resume_from))
+        progress.load_state_dict(load_checkpoint(accelerator, resume_from, extra_state))
         if main_process:
             print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch + 1}, "
                   f"batch {progress.batch})")
@@ -192,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     guard.streak = progress.nan_streak
 
     def checkpoint() -> Path:
-        return save_checkpoint(accelerator, checkpoint_dir, progress.state_dict(), keep_last=cfg.train.keep_last,
+        return save_checkpoint(accelerator, checkpoint_dir, progress.state_dict(), state=extra_state,
+                               keep_last=cfg.train.keep_last,
                                keep_every=cfg.train.keep_every)
 
     if main_process:

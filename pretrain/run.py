@@ -38,8 +38,6 @@ import itertools
 import json
 import math
 import random
-import shutil
-import signal
 import sys
 import time
 from collections import defaultdict
@@ -57,16 +55,23 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
 from soliderkit.backbone import build_backbone, load_state, read_checkpoint, save_backbone
-from soliderkit.run_control import (NonFiniteGuard, StopRequest, agree, find_latest_checkpoint, read_progress,
-                                    resolve_resume, rng_neutral, save_checkpoint)
 from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
 from soliderkit.io import atomic_path
 from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
 from soliderkit.pretrain.knn import knn_reid, load_query_gallery
 from soliderkit.pretrain.multicrop import MultiCropAugmentation
-from soliderkit.run_control import derive_seed
 from soliderkit.pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
+from soliderkit.run_control import (
+    NonFiniteGuard,
+    StopRequest,
+    agree,
+    derive_seed,
+    load_checkpoint,
+    resolve_resume,
+    rng_neutral,
+    save_checkpoint,
+)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 HEAD_FORMAT = "solider-reid-toolkit/dino-head"
@@ -545,11 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)
     dino_loss.to(accelerator.device)
-    accelerator.register_for_checkpointing(teacher, dino_loss)
+    extra_state = {"teacher": teacher, "dino_loss": dino_loss}  # saved as safetensors + JSON, never pickle
     set_seed(cfg.seed, device_specific=True)  # each process draws its own λ, masks and drop-path
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        progress.load_state_dict(read_progress(resume_from))
+        progress.load_state_dict(load_checkpoint(accelerator, resume_from, extra_state))
         if main_process:
             print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch + 1}, "
                   f"batch {progress.batch})")
@@ -594,7 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     guard.streak = progress.nan_streak
 
     def checkpoint() -> Path:
-        return save_checkpoint(accelerator, checkpoint_dir, progress.state_dict(), keep_last=cfg.train.keep_last,
+        return save_checkpoint(accelerator, checkpoint_dir, progress.state_dict(), state=extra_state,
+                               keep_last=cfg.train.keep_last,
                                keep_every=cfg.train.checkpoint_every)
 
     with trainer.stop:

@@ -5,9 +5,9 @@
 - :func:`agree`: one collective per step tells every process whether any process saw a
   non-finite loss (all skip the step) or a stop request (all stop), so DDP never hangs.
 - :class:`NonFiniteGuard`: counts skipped steps in a row and aborts with advice after N.
-- Checkpoints are ``checkpoints/step_NNNNNNNN/`` folders: the accelerate state plus
-  ``progress.json`` (our own counters, JSON, written before the folder is renamed into place,
-  so a folder with ``progress.json`` is complete). The newest is found by the step recorded
+- Checkpoints are ``checkpoints/step_NNNNNNNN/`` folders: the accelerate state plus our own
+  state as safetensors + JSON (never pickle) and ``progress.json`` (our counters), all written
+  before the folder is renamed into place, so a folder with ``progress.json`` is complete. The newest is found by the step recorded
   there, never by sorting names; :func:`save_checkpoint` keeps the last N plus the ones taken at
   the end of every K-th epoch.
 - :func:`derive_seed` / :func:`rng_neutral`: random draws that depend only on (seed, position),
@@ -27,6 +27,7 @@ from typing import Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 PROGRESS_FILE = "progress.json"
 
@@ -159,13 +160,35 @@ def find_latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-def save_state_atomically(accelerator: Accelerator, final: Path,
-                          extra_files: dict[str, str] | None = None) -> Path:
+def _write_state(obj, folder: Path, name: str) -> None:
+    """``obj.state_dict()`` as ``<name>.safetensors`` (its tensors) + ``<name>.json`` (the rest)."""
+    state = obj.state_dict()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    rest = {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    save_file(tensors, str(folder / f"{name}.safetensors"))
+    try:
+        text = json.dumps(rest)
+    except TypeError as exc:
+        raise TypeError(f"checkpoint state {name!r} holds a value that is neither a tensor nor JSON: {exc}") from None
+    (folder / f"{name}.json").write_text(text + "\n")
+
+
+def _read_state(obj, folder: Path, name: str) -> None:
+    tensors, rest = folder / f"{name}.safetensors", folder / f"{name}.json"
+    if not tensors.is_file() or not rest.is_file():
+        raise SystemExit(f"resume: {folder} lacks {tensors.name} / {rest.name} (a checkpoint of another "
+                         "kind of run, or an older version of the toolkit)")
+    obj.load_state_dict({**json.loads(rest.read_text()), **load_file(str(tensors))})
+
+
+def save_state_atomically(accelerator: Accelerator, final: Path, extra_files: dict[str, str] | None = None,
+                          extra_state: dict | None = None) -> Path:
     """``accelerator.save_state`` into ``.<name>.partial`` beside ``final``, then rename.
 
     Every process takes part (each saves its own RNG state); the main process writes
-    ``extra_files`` (name -> text) into the folder before the rename, so a reader never sees
-    a half-written checkpoint.
+    ``extra_files`` (name -> text) and ``extra_state`` (name -> object with ``state_dict``, as
+    safetensors + JSON, never pickle) into the folder before the rename, so a reader never
+    sees a half-written checkpoint.
     """
     final = Path(final)
     partial = final.parent / f".{final.name}.partial"
@@ -175,6 +198,8 @@ def save_state_atomically(accelerator: Accelerator, final: Path,
     accelerator.save_state(str(partial))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for name, obj in (extra_state or {}).items():
+            _write_state(obj, partial, name)
         for name, text in (extra_files or {}).items():
             (partial / name).write_text(text)
         if final.exists():
@@ -197,13 +222,14 @@ def checkpoints_to_keep(entries: list[tuple[int, dict]], keep_last: int | None,
     return keep
 
 
-def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, progress: dict, *,
+def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, progress: dict, *, state: dict | None = None,
                     keep_last: int | None = None, keep_every: int | None = None) -> Path:
-    """Save the accelerate state with ``progress`` (must hold ``step``, ``epoch`` = epochs done,
-    ``epoch_end``) as ``step_NNNNNNNN``; then delete older checkpoints outside the keep set.
-    The new checkpoint is always kept."""
+    """Save the accelerate state (prepared models, optimizers, RNG), ``state`` (name -> object
+    with ``state_dict``: the teacher, the DINO center, a scheduler) and ``progress`` (must hold
+    ``step``, ``epoch`` = epochs done, ``epoch_end``) as ``step_NNNNNNNN``; then delete older
+    checkpoints outside the keep set. The new checkpoint is always kept."""
     final = save_state_atomically(accelerator, Path(checkpoint_dir) / checkpoint_name(progress["step"]),
-                                  {PROGRESS_FILE: json.dumps(progress) + "\n"})
+                                  {PROGRESS_FILE: json.dumps(progress) + "\n"}, state)
     if accelerator.is_main_process:
         found = _checkpoints(Path(checkpoint_dir))
         keep = checkpoints_to_keep([(step, p) for step, _, p in found], keep_last, keep_every)
@@ -212,6 +238,28 @@ def save_checkpoint(accelerator: Accelerator, checkpoint_dir: Path, progress: di
                 shutil.rmtree(folder)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator: Accelerator, folder: str | Path, state: dict | None = None) -> dict:
+    """Restore what :func:`save_checkpoint` wrote; returns the recorded progress.
+
+    Nothing is unpickled: accelerate reads its model / optimizer / RNG files with
+    ``weights_only=True``, and custom objects are never registered with it (it would unpickle
+    ``custom_checkpoint_N.pkl`` files with ``weights_only=False``); ours are safetensors + JSON.
+    """
+    folder = Path(folder)
+    progress = read_progress(folder)
+    if accelerator._custom_objects:  # noqa: SLF001 - the one place that could unpickle
+        raise RuntimeError("objects registered with accelerator.register_for_checkpointing would be "
+                           "unpickled on load; pass them as `state` instead")
+    planted = sorted(p.name for p in folder.glob("custom_checkpoint_*"))
+    if planted:
+        raise SystemExit(f"resume: {folder} holds {', '.join(planted)}: pickle files this toolkit never writes "
+                         "(unpickling can run code), so the checkpoint was not loaded")
+    accelerator.load_state(str(folder))
+    for name, obj in (state or {}).items():
+        _read_state(obj, folder, name)
+    return progress
 
 
 def resolve_resume(resume: str | None, checkpoint_dir: Path, *, required: bool) -> Path | None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from script_loader import load_script
+
 from soliderkit.finetune.model import load_reid_model
 
 ROOT = Path(__file__).resolve().parents[1]

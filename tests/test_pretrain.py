@@ -15,11 +15,11 @@ import torch
 from accelerate import Accelerator
 from PIL import Image
 from safetensors.torch import load_file
+from script_loader import load_script
 from sklearn.metrics import adjusted_rand_score
 
 from soliderkit.backbone import build_backbone
 from soliderkit.config import ConfigError, config_from_dict, load_config
-from script_loader import load_script
 from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOLoss
 from soliderkit.pretrain.multicrop import MultiCropAugmentation

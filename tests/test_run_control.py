@@ -7,9 +7,19 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from soliderkit.run_control import (NonFiniteGuard, StopRequest, agree, checkpoints_to_keep, derive_seed,
-                                    find_latest_checkpoint, read_progress, resolve_resume, save_checkpoint,
-                                    seeded)
+from soliderkit.run_control import (
+    NonFiniteGuard,
+    StopRequest,
+    agree,
+    checkpoints_to_keep,
+    derive_seed,
+    find_latest_checkpoint,
+    load_checkpoint,
+    read_progress,
+    resolve_resume,
+    save_checkpoint,
+    seeded,
+)
 
 
 def _fake_checkpoint(root: Path, name: str, **progress) -> Path:
@@ -89,3 +99,45 @@ def test_guard_and_agreement_on_one_process(tmp_path):
     guard.update(False, float("nan"), step=5, epoch=1, accelerator=accelerator)
     with pytest.raises(SystemExit, match=r"x/run.py: the loss was not finite for 2 step\(s\).*Lower the lr"):
         guard.update(False, float("nan"), step=6, epoch=1, accelerator=accelerator)
+
+
+class _Planted:
+    """Unpickling this creates a file: the stand-in for code a crafted checkpoint would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_checkpoints_hold_no_pickle_and_a_planted_one_never_runs(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    teacher = torch.nn.Linear(2, 2)
+    scheduler_like = torch.optim.lr_scheduler.StepLR(torch.optim.SGD(teacher.parameters(), lr=0.1), 3)
+    saved = save_checkpoint(accelerator, tmp_path, {"step": 7, "epoch": 1, "epoch_end": True},
+                            state={"teacher": teacher, "scheduler": scheduler_like})
+    assert not list(saved.glob("custom_checkpoint_*")), "our own state must not go through accelerate's pickle"
+    assert {"teacher.safetensors", "teacher.json", "scheduler.json", "progress.json"} <= {p.name for p in saved.iterdir()}
+
+    marker = tmp_path / "code_ran"
+    torch.save(_Planted(marker), saved / "custom_checkpoint_0.pkl")
+    expected = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        teacher.weight.zero_()
+        model.weight.zero_()
+    scheduler_like.step_size = 99
+    with pytest.raises(SystemExit, match="custom_checkpoint_0.pkl: pickle files this toolkit never writes"):
+        load_checkpoint(accelerator, saved, {"teacher": teacher, "scheduler": scheduler_like})
+    assert not marker.exists()
+    (saved / "custom_checkpoint_0.pkl").unlink()
+    progress = load_checkpoint(accelerator, saved, {"teacher": teacher, "scheduler": scheduler_like})
+    assert progress["step"] == 7
+    torch.testing.assert_close(teacher.state_dict(), expected)
+    assert scheduler_like.step_size == 3 and model.weight.abs().sum() > 0
+
+    accelerator.register_for_checkpointing(teacher)  # the unsafe path is refused outright
+    with pytest.raises(RuntimeError, match="unpickled"):
+        load_checkpoint(accelerator, saved)
+    assert not marker.exists()

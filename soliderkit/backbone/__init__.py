@@ -5,8 +5,15 @@ import os
 from typing import Sequence
 
 from .adapters import FORMATS, IMAGENET_FORMATS, Conversion, convert_checkpoint, detect_format
-from .checkpoint import (CheckpointError, LoadReport, load_checkpoint, load_converted, load_state,
-                         read_checkpoint, save_backbone)
+from .checkpoint import (
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    load_converted,
+    load_state,
+    read_checkpoint,
+    save_backbone,
+)
 from .registry import ARCH_NAMES, ARCHS, INPUT_MULTIPLE, ArchName
 from .swin import BackboneOutput, SwinBackbone
 

@@ -27,7 +27,6 @@ from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models._manipulate import checkpoint_seq
 from timm.models.swin_transformer import (
@@ -36,6 +35,7 @@ from timm.models.swin_transformer import (
     window_partition,
     window_reverse,
 )
+from torch import nn
 
 from soliderkit.backbone.registry import ARCHS, INPUT_MULTIPLE
 

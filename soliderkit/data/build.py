@@ -56,12 +56,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+
 # Imported here, not in the workers: forked workers inherit it instead of each importing
 # webdataset (and torch, which it pulls in) again.
 from webdataset import TarWriter
 
-from soliderkit.io import atomic_path, atomic_write_json, atomic_write_text
 from soliderkit.data.sources import ImageSource, SourceError, SourceItem, close_lmdb_environments
+from soliderkit.io import atomic_path, atomic_write_json, atomic_write_text
 
 __all__ = [
     "DEFAULT_MAXCOUNT",

@@ -13,7 +13,6 @@ from typing import Literal
 from soliderkit.backbone.registry import INPUT_MULTIPLE, ArchName
 from soliderkit.config import option, require
 
-
 _TAO_COMPAT = "accepted for TAO spec compatibility"
 _LAUNCHER = "processes and GPUs come from `accelerate launch` (--num_processes, --gpu_ids, --num_machines)"
 # Why each TAO field does nothing here (checked against TAO's model/backbones/baseline.py,

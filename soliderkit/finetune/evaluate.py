@@ -35,13 +35,13 @@ from tqdm.auto import tqdm
 
 from soliderkit.backbone import CheckpointError
 from soliderkit.config import parse_config_from_args, save_resolved_config
+from soliderkit.finetune.config import FinetuneConfig, ModelConfig
+from soliderkit.finetune.model import load_reid_model
 from soliderkit.io import atomic_write_json
 from soliderkit.reid.color_histogram import color_histogram_features
-from soliderkit.finetune.config import FinetuneConfig, ModelConfig
 from soliderkit.reid.datasets import DISTRACTOR_PID, DatasetError, ImageRecord, parse_msmt17, read_market_folder
 from soliderkit.reid.evaluation import evaluate_features, extract_embeddings, ranked_gallery
 from soliderkit.reid.metrics import RankingResult
-from soliderkit.finetune.model import load_reid_model
 from soliderkit.reid.plots import RANKING_LABELS, save_cmc_curve, save_ranked_grid
 
 MODELS = ("reid", "color-histogram")

@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from soliderkit.config import add_config_args, parse_config_from_args
-from soliderkit.io import atomic_path, atomic_write_text
 from soliderkit.finetune.config import FinetuneConfig
+from soliderkit.io import atomic_path, atomic_write_text
 from soliderkit.reid.transforms import test_transform
 
 INPUT_NAME = "input"

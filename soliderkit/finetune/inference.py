@@ -35,8 +35,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from soliderkit.config import add_config_args, parse_config_from_args
-from soliderkit.io import atomic_path, atomic_write_json
 from soliderkit.finetune.config import FinetuneConfig
+from soliderkit.io import atomic_path, atomic_write_json
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 FORMATS = {".json": "json", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
@@ -149,9 +149,9 @@ def embed_images(model, paths: Sequence[str], *, size: tuple[int, int], mean, st
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from soliderkit.reid.transforms import ImageDataset, collate, test_transform
     from soliderkit.reid.datasets import ImageRecord
     from soliderkit.reid.evaluation import flip_averaged_embedding
+    from soliderkit.reid.transforms import ImageDataset, collate, test_transform
 
     records = [ImageRecord(p, -1, -1, "inference") for p in paths]
     loader = DataLoader(ImageDataset(records, test_transform(size, mean, std)), batch_size=batch_size,

@@ -17,13 +17,21 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from soliderkit.backbone import (IMAGENET_FORMATS, SwinBackbone, build_backbone, convert_checkpoint, detect_format,
-                      load_converted, load_state, read_checkpoint)
+from soliderkit.backbone import (
+    IMAGENET_FORMATS,
+    SwinBackbone,
+    build_backbone,
+    convert_checkpoint,
+    detect_format,
+    load_converted,
+    load_state,
+    read_checkpoint,
+)
 from soliderkit.backbone.adapters import TOOLKIT_REID_FORMAT
 from soliderkit.backbone.checkpoint import CheckpointError
 from soliderkit.config import config_from_dict, config_to_dict
-from soliderkit.io import atomic_path
 from soliderkit.finetune.config import ModelConfig
+from soliderkit.io import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from soliderkit.backbone.registry import INPUT_MULTIPLE, ArchName
 from soliderkit.config import option, require
 
 
-
 @dataclass
 class ModelConfig:
     """Student/teacher backbone and DINO projection head."""

@@ -8,11 +8,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from soliderkit.reid.transforms import ImageDataset, collate, test_transform
 from soliderkit.reid.datasets import ImageRecord
-from soliderkit.reid.metrics import (RankingResult, evaluate_ranking_chunks, evaluate_ranking_from_features,
-                              pairwise_distance)
+from soliderkit.reid.metrics import (
+    RankingResult,
+    evaluate_ranking_chunks,
+    evaluate_ranking_from_features,
+    pairwise_distance,
+)
 from soliderkit.reid.reranking import iter_re_ranking_from_features
+from soliderkit.reid.transforms import ImageDataset, collate, test_transform
 
 
 def flip_averaged_embedding(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
