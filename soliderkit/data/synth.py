@@ -750,6 +750,35 @@ def render_image(job: RenderJob) -> Image.Image:
     return _apply_camera(painter.pixels, camera, rng)
 
 
+def person_sprite(person: Person, view: str, width: int, height: int, rng: np.random.Generator,
+                  light_side: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The pedestrian alone, ``width`` x ``height`` pixels, to composite into larger frames
+    (the procedural tracking sequences of :mod:`soliderkit.data.tracking_synth`).
+
+    Returns ``(premultiplied RGB float32 (height, width, 3) in 0..1, alpha float32
+    (height, width))``: blend with ``frame * (1 - alpha) + rgb``. Drawn by the same
+    renderer as the world's crops, on the supersampled canvas, then box-filtered down.
+    """
+    painter = _Painter(np.zeros((CANVAS_HEIGHT, CANVAS_WIDTH, 3), dtype=np.float32))
+    _draw_person(painter, person, view, CANVAS_HEIGHT * 0.96, CANVAS_WIDTH * 0.5, CANVAS_HEIGHT * 0.98,
+                 rng, light_side)
+    alpha = painter.person.astype(np.float32)
+    rgb = np.clip(painter.pixels, 0.0, 1.0) * alpha[..., None]
+    planes = [Image.fromarray(np.ascontiguousarray(plane), mode="F").resize((width, height), Image.BOX)
+              for plane in (*np.moveaxis(rgb, -1, 0), alpha)]
+    out = np.stack([np.asarray(plane, dtype=np.float32) for plane in planes], axis=-1)
+    return np.clip(out[..., :3], 0.0, 1.0), np.clip(out[..., 3], 0.0, 1.0)
+
+
+def camera_backdrop(camera: Camera, rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """The camera's empty scene (its background style, colours and floor, no clutter) as a
+    float32 (height, width, 3) image in 0..1, for whole frames rather than person crops."""
+    pixels = _draw_background(camera, rng, clutter=False)
+    planes = [Image.fromarray(np.ascontiguousarray(plane), mode="F").resize((width, height), Image.BILINEAR)
+              for plane in np.moveaxis(pixels, -1, 0)]
+    return np.clip(np.stack([np.asarray(p, dtype=np.float32) for p in planes], axis=-1), 0.0, 1.0)
+
+
 def _render_and_write(job: RenderJob) -> str:
     buffer = io.BytesIO()
     render_image(job).save(buffer, format="JPEG", quality=job.jpeg_quality)

@@ -13,13 +13,22 @@ conventions of the torchreid and fast-reid Market-1501 and MSMT17 loaders:
   pid 0 is an ordinary identity there.
 * Cameras are 1-based on disk and 0-based in records. Train pids are relabelled to
   ``0..N-1`` (sorted by original pid); query / gallery keep their original pids.
+* Real or synthetic: a Market-style folder may have a ``reid_source.json`` manifest beside
+  it (in the folder or in its parent, the dataset root), written by
+  ``data_shards/from_tracking.py`` or by hand. ``{"synthetic": true}`` marks every image
+  synthetic; a ``sources`` list of ``{"pid_first": a, "pid_last": b, "synthetic": bool}``
+  marks ranges of person ids (a converted set can mix real and synthetic sources). Without
+  a manifest images are real. The flag feeds the model card's class-distribution table
+  (:meth:`ReidSplits.format_card_table`: total / real / synthetic identities, images and
+  cameras per subset).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +43,8 @@ __all__ = [
     "parse_three_folders",
     "merge_train_sources",
     "read_market_folder",
+    "read_source_manifest",
+    "SOURCE_MANIFEST_NAME",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
@@ -44,6 +55,8 @@ DISTRACTOR_PID = 0
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")
 # Number of example pids quoted in the "query ids missing from gallery" warning.
 _EXAMPLES_IN_WARNING = 5
+# The real / synthetic manifest of a Market-style dataset folder (see the module docstring).
+SOURCE_MANIFEST_NAME = "reid_source.json"
 
 
 class DatasetError(ValueError):
@@ -56,6 +69,7 @@ class ImageRecord:
     pid: int    # train: relabelled 0..N-1; query/gallery: original id (0 = distractor)
     camid: int  # 0-based
     source: str  # dataset name, e.g. "market1501"
+    synthetic: bool = False  # rendered, not filmed (``reid_source.json``); the card's table splits on it
 
 
 @dataclass
@@ -95,7 +109,13 @@ class ReidSplits:
         return not subset.startswith("train") and self.distractor_pid is not None and record.pid == self.distractor_pid
 
     def format_table(self) -> str:
-        """Printable statistics table: subset | # identities | # images | # cameras."""
+        """Printable statistics table: subset | # identities | # images | # cameras; followed by
+        the model card's real / synthetic table (:meth:`format_card_table`) when any image is
+        synthetic. Folders of real images only print the first table alone."""
+        table = self._format_counts()
+        return table + "\n" + self.format_card_table() if self.has_synthetic else table
+
+    def _format_counts(self) -> str:
         header = ("subset", "# identities", "# images", "# cameras")
         body = [(row["subset"], str(row["identities"]), str(row["images"]), str(row["cameras"]))
                 for row in self.summary_rows()]
@@ -115,6 +135,45 @@ class ReidSplits:
                          f"pid {self.distractor_pid}, not counted as identities)")
         return "\n".join(lines)
 
+    @property
+    def has_synthetic(self) -> bool:
+        return any(r.synthetic for r in (*self.train, *self.query, *self.gallery))
+
+    def card_rows(self) -> list[dict]:
+        """The model card's class distribution: per subset (train, test = gallery, query, in the
+        card's order) identities, images and cameras in total, of real and of synthetic images.
+
+        Identities and cameras of different sources never coincide (multi-source training
+        relabels them apart), so real + synthetic = total in every column.
+        """
+        rows = []
+        for subset, split, records in (("train", "train", self.train), ("test", "gallery", self.gallery),
+                                       ("query", "query", self.query)):
+            row = {"subset": subset}
+            for part, chosen in (("total", records), ("real", [r for r in records if not r.synthetic]),
+                                 ("synthetic", [r for r in records if r.synthetic])):
+                row[f"{part}_identities"] = len({r.pid for r in chosen if not self._is_distractor(r, split)})
+                row[f"{part}_images"] = len(chosen)
+                row[f"{part}_cameras"] = len({r.camid for r in chosen})
+            rows.append(row)
+        return rows
+
+    def format_card_table(self) -> str:
+        """:meth:`card_rows` laid out as the model card's class-distribution table."""
+        parts = ("total", "real", "synthetic")
+        header = ["subset"] + [f"no. {part} {what}" for part in parts for what in ("identities", "images", "cameras")]
+        keys = [f"{part}_{what}" for part in parts for what in ("identities", "images", "cameras")]
+        body = [[row["subset"].capitalize()] + [str(row[k]) for k in keys] for row in self.card_rows()]
+        widths = [max(len(cells[i]) for cells in (header, *body)) for i in range(len(header))]
+
+        def line(cells) -> str:
+            return "| " + " | ".join([cells[0].ljust(widths[0])] +
+                                     [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]) + " |"
+
+        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        return "\n".join([f"{self.name} class distribution (model card layout):", line(header), rule,
+                          *(line(c) for c in body)])
+
 
 # --------------------------------------------------------------------------------------
 # Shared helpers
@@ -123,7 +182,7 @@ class ReidSplits:
 def _relabel_train(records: list[ImageRecord]) -> list[ImageRecord]:
     """Map original train pids to 0..N-1 in sorted order of the original pid."""
     new_label = {pid: label for label, pid in enumerate(sorted({r.pid for r in records}))}
-    return [ImageRecord(r.path, new_label[r.pid], r.camid, r.source) for r in records]
+    return [replace(r, pid=new_label[r.pid]) for r in records]
 
 
 def _drop_distractors(records: list[ImageRecord], split: str, origin: str,
@@ -202,15 +261,56 @@ def _parse_market_name(file_name: str, folder: Path) -> tuple[int, int]:
     return pid, camera
 
 
-def read_market_folder(folder, source: str) -> list[ImageRecord]:
-    """Records of one folder of Market-style named images (junk pid -1 dropped)."""
+def read_source_manifest(folder) -> Callable[[int], bool]:
+    """``pid -> synthetic?`` for a Market-style folder, from the ``reid_source.json`` in the
+    folder or in its parent (see the module docstring); every pid is real without one."""
     folder = Path(folder)
+    for candidate in (folder / SOURCE_MANIFEST_NAME, folder.parent / SOURCE_MANIFEST_NAME):
+        if candidate.is_file():
+            break
+    else:
+        return lambda pid: False
+    try:
+        manifest = json.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{candidate}: not a readable JSON manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{candidate}: expected a JSON object with 'synthetic' and/or 'sources'")
+    default = manifest.get("synthetic", False)
+    if not isinstance(default, bool):
+        raise DatasetError(f"{candidate}: 'synthetic' must be true or false, got {default!r}")
+    ranges = []
+    for index, entry in enumerate(manifest.get("sources", [])):
+        try:
+            first, last, flag = int(entry["pid_first"]), int(entry["pid_last"]), entry["synthetic"]
+        except (KeyError, TypeError, ValueError):
+            raise DatasetError(f"{candidate}: sources[{index}] needs integer 'pid_first', 'pid_last' "
+                               "and a boolean 'synthetic'") from None
+        if not isinstance(flag, bool) or first > last:
+            raise DatasetError(f"{candidate}: sources[{index}]: 'synthetic' must be a boolean and "
+                               "pid_first <= pid_last")
+        ranges.append((first, last, flag))
+
+    def is_synthetic(pid: int) -> bool:
+        for first, last, flag in ranges:
+            if first <= pid <= last:
+                return flag
+        return default
+
+    return is_synthetic
+
+
+def read_market_folder(folder, source: str) -> list[ImageRecord]:
+    """Records of one folder of Market-style named images (junk pid -1 dropped), each marked
+    real or synthetic by the folder's ``reid_source.json`` (real without one)."""
+    folder = Path(folder)
+    is_synthetic = read_source_manifest(folder)
     records = []
     for file_name in _list_images(folder):
         pid, camera = _parse_market_name(file_name, folder)
         if pid == JUNK_PID:
             continue
-        records.append(ImageRecord(str(folder / file_name), pid, camera - 1, source))
+        records.append(ImageRecord(str(folder / file_name), pid, camera - 1, source, is_synthetic(pid)))
     return records
 
 
@@ -219,7 +319,11 @@ def parse_folders(train_dirs, query_dir, gallery_dir, name: str) -> ReidSplits:
 
     ``train_dirs`` is one folder or a list of them; several folders are trained on together
     with identities and cameras kept apart (:func:`merge_train_sources`), each record's
-    ``source`` naming the dataset folder it came from.
+    ``source`` naming the dataset folder it came from. ``query_dir`` / ``gallery_dir`` may
+    likewise be lists of the same length, paired in order (query i is matched against gallery
+    i's identities): each pair's pids and cameras are shifted past the previous pairs' so two
+    datasets' pid 1 stay two people, distractors (pid 0) stay distractors. One folder each
+    keeps the original pids, as before.
     """
     single = isinstance(train_dirs, (str, os.PathLike))
     train_dirs = [Path(train_dirs)] if single else [Path(d) for d in train_dirs]
@@ -230,13 +334,41 @@ def parse_folders(train_dirs, query_dir, gallery_dir, name: str) -> ReidSplits:
                                     DISTRACTOR_PID)
         _require_nonempty(records, "train", str(folder))
         sources.append(records)
-    query = _drop_distractors(read_market_folder(query_dir, name), "query", str(query_dir), DISTRACTOR_PID)
-    gallery = read_market_folder(gallery_dir, name)
-    _require_nonempty(query, "query", str(query_dir))
-    _require_nonempty(gallery, "gallery", str(gallery_dir))
+    query, gallery = _read_eval_pairs(query_dir, gallery_dir, name)
     _warn_query_ids_missing_from_gallery(query, gallery, name)
     return ReidSplits(train=merge_train_sources(sources), query=query, gallery=gallery, name=name,
                       distractor_pid=DISTRACTOR_PID)
+
+
+def _read_eval_pairs(query_dirs, gallery_dirs, name: str) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Query and gallery records of one folder pair, or of several pairs kept apart."""
+    single = isinstance(query_dirs, (str, os.PathLike)) and isinstance(gallery_dirs, (str, os.PathLike))
+    query_dirs = [query_dirs] if isinstance(query_dirs, (str, os.PathLike)) else list(query_dirs)
+    gallery_dirs = [gallery_dirs] if isinstance(gallery_dirs, (str, os.PathLike)) else list(gallery_dirs)
+    if len(query_dirs) != len(gallery_dirs):
+        raise DatasetError(f"{len(query_dirs)} query folder(s) but {len(gallery_dirs)} gallery folder(s): "
+                           "query and gallery folders are paired in order, one pair per dataset")
+    query: list[ImageRecord] = []
+    gallery: list[ImageRecord] = []
+    pid_offset = camera_offset = 0
+    folders = [Path(q) for q in query_dirs]
+    for index, (query_dir, gallery_dir) in enumerate(zip(query_dirs, gallery_dirs)):
+        source = name if single else _source_name(Path(query_dir), index, folders)
+        pair_query = _drop_distractors(read_market_folder(query_dir, source), "query", str(query_dir),
+                                       DISTRACTOR_PID)
+        pair_gallery = read_market_folder(gallery_dir, source)
+        _require_nonempty(pair_query, "query", str(query_dir))
+        _require_nonempty(pair_gallery, "gallery", str(gallery_dir))
+        if not single:
+            def shift(r: ImageRecord) -> ImageRecord:
+                pid = r.pid if r.pid == DISTRACTOR_PID else r.pid + pid_offset
+                return replace(r, pid=pid, camid=r.camid + camera_offset)
+            pair_query, pair_gallery = [shift(r) for r in pair_query], [shift(r) for r in pair_gallery]
+            pid_offset = max(r.pid for r in pair_query + pair_gallery)
+            camera_offset = max(r.camid for r in pair_query + pair_gallery) + 1
+        query += pair_query
+        gallery += pair_gallery
+    return query, gallery
 
 
 def _source_name(folder: Path, index: int, folders: list[Path]) -> str:
@@ -274,8 +406,7 @@ def merge_train_sources(sources: list[list[ImageRecord]]) -> list[ImageRecord]:
     pid_offset = camera_offset = 0
     for records in sources:
         records = _relabel_train(records)
-        merged += [ImageRecord(r.path, r.pid + pid_offset, r.camid + camera_offset, r.source)
-                   for r in records]
+        merged += [replace(r, pid=r.pid + pid_offset, camid=r.camid + camera_offset) for r in records]
         pid_offset += len({r.pid for r in records})
         camera_offset += max(r.camid for r in records) + 1
     return merged
