@@ -893,7 +893,7 @@ def _summary(plan: _Plan, sampling: SamplingOptions, split: SplitOptions, ext: s
         crops = [c for c in all_crops if source["pid_first"] <= c.pid <= source["pid_last"]]
         by_split = Counter(c.split for c in crops)
         ids_by_split = {name: len({c.pid for c in crops if c.split == name}) for name in by_split}
-        drops = dict(plan.drops[source["name"]])
+        drops = {reason: count for reason, count in plan.drops[source["name"]].items() if count}
         entry = {**source, "crops": len(crops), "crops_by_split": dict(by_split),
                  "identities_by_split": ids_by_split, "dropped": drops,
                  "identities_with_crops": len({c.pid for c in crops})}
