@@ -500,8 +500,8 @@ class SplitOptions:
     def validate(self) -> None:
         if self.layout not in ("reid", "unlabeled"):
             raise TrackingDataError(f"--layout must be reid or unlabeled (got {self.layout!r})")
-        if not 0.0 <= self.test_fraction < 1.0:
-            raise TrackingDataError(f"--test-fraction must be in [0, 1) (got {self.test_fraction})")
+        if not 0.0 <= self.test_fraction <= 1.0:
+            raise TrackingDataError(f"--test-fraction must be in [0, 1] (got {self.test_fraction})")
         if self.test_identities is not None and self.test_identities < 0:
             raise TrackingDataError(f"--test-identities must be >= 0 (got {self.test_identities})")
         if self.queries_per_camera < 1:
@@ -1068,7 +1068,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reid: bounding_box_train / query / bounding_box_test; unlabeled: one folder of "
                             "crops for pretraining (default %(default)s)")
     group.add_argument("--test-fraction", type=float, default=p.test_fraction,
-                       help="share of identities held out for query / gallery (default %(default)s)")
+                       help="share of identities held out for query / gallery; 0 = all train, 1 = all "
+                            "query / gallery, e.g. to split by scene over two runs (default %(default)s)")
     group.add_argument("--test-identities", type=int, default=None,
                        help="hold out exactly N identities instead (e.g. 50 as the model card's AI City test)")
     group.add_argument("--queries-per-camera", type=int, default=p.queries_per_camera,
