@@ -16,6 +16,7 @@ the saved epoch with the optimizer, schedule, center optimizer and RNG state.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -29,9 +30,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from soliderkit.backbone import CheckpointError
-from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
+from soliderkit.config import (add_config_args, config_to_dict, format_config, parse_config_from_args,
+                               save_resolved_config)
 from soliderkit.finetune.config import DatasetConfig, FinetuneConfig
-from soliderkit.finetune.losses import CenterLoss, TripletLoss, id_loss, scale_center_gradients
+from soliderkit.finetune.losses import CenterLoss, ReidLosses, scale_center_gradients
 from soliderkit.finetune.model import build_reid_model, save_reid_model
 from soliderkit.finetune.optim import build_optimizer, build_scheduler
 from soliderkit.finetune.sampler import IdentityBatchSampler
@@ -43,6 +45,8 @@ from soliderkit.run_control import (
     NonFiniteGuard,
     StopRequest,
     agree,
+    check_resume_config,
+    claim_results_dir,
     load_checkpoint,
     resolve_resume,
     rng_neutral,
@@ -99,6 +103,7 @@ def validate(cfg: FinetuneConfig, model: torch.nn.Module, splits: ReidSplits, si
         model, splits.query, splits.gallery, max_rank=max(rr.max_rank, 10), size=size,
         mean=cfg.dataset.pixel_mean, std=cfg.dataset.pixel_std, batch_size=cfg.dataset.val_batch_size,
         device=device, flip=cfg.model.with_flip_feature, num_workers=cfg.dataset.num_workers,
+        interpolation=cfg.dataset.test_interpolation,
         re_ranking={"k1": rr.k1, "k2": rr.k2, "lambda_value": rr.lambda_value} if rr.re_ranking else None)
     plain = results["plain"]
     metrics = {"epoch": epoch, **plain.as_percent_dict(), "num_valid_queries": plain.num_valid_queries}
@@ -112,13 +117,29 @@ def validate(cfg: FinetuneConfig, model: torch.nn.Module, splits: ReidSplits, si
     return {k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
 
 
+# Settings a resumed run may not change (they change the model, the data or the schedule).
+RESUME_FIXED = ("model", "dataset", "train.optim", "train.num_epochs", "train.seed",
+                "train.gradient_accumulation_steps")
+RESUME_FREE = ("model.pretrained_model_path", "model.pretrain_choice", "dataset.num_workers",
+               "dataset.val_batch_size", "dataset.query_dataset_dir", "dataset.test_dataset_dir")
+
+
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as cleanup:  # releases the results-folder lock on every exit
+        return run(argv, cleanup)
+
+
+def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--resume", action="store_true",
                         help="continue from the latest checkpoint in the results folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a results folder that holds one (the old run is moved aside)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="start from a pretrained checkpoint whose keys do not all match (they are listed)")
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in the results folder; --overwrite replaces it: give one")
     cfg = parse_config_from_args(FinetuneConfig, args)
     out_dir = Path(cfg.train.results_dir or Path(cfg.results_dir) / "train")
 
@@ -158,11 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         num_workers=cfg.dataset.num_workers, collate_fn=collate)
 
     optim_cfg = cfg.train.optim
-    use_id_loss = "softmax" in cfg.dataset.sampler
-    use_triplet = "triplet" in cfg.dataset.sampler and "triplet" in cfg.model.metric_loss_type
-    triplet = TripletLoss(None if cfg.model.no_margin else optim_cfg.triplet_loss_margin,
-                          normalize_features=optim_cfg.trp_l2)
-    label_smoothing = cfg.model.label_smooth_epsilon if cfg.model.label_smooth else 0.0
+    losses = ReidLosses(cfg)  # the loss terms of a step (shared with bench/compare_with_reference.py)
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = build_scheduler(optimizer, optim_cfg, cfg.train.num_epochs)
     progress = Progress(cfg.dataset.batch_size, world)
@@ -175,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{num_classes} identities, {len(sampler)} steps per epoch on {world} process(es)")
         return 0
 
+    checkpoint_dir = out_dir / "checkpoints"
+    resume_from = None if args.overwrite else resolve_resume(
+        cfg.train.resume_training_checkpoint_path or ("auto" if args.resume else None), checkpoint_dir, required=True)
+    lock = claim_results_dir(accelerator, out_dir, resume=resume_from is not None, overwrite=args.overwrite,
+                             script="finetune/run.py")
+    if lock is not None:
+        cleanup.callback(lock.release)
+    if resume_from is not None:
+        check_resume_config(out_dir, config_to_dict(cfg), RESUME_FIXED, RESUME_FREE, "finetune/run.py")
+
     model, optimizer = accelerator.prepare(model, optimizer)
     center_loss = center_optimizer = None
     if cfg.model.with_center_loss:
@@ -183,14 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         center_loss, center_optimizer = accelerator.prepare(center_loss, center_optimizer)
     extra_state = {"scheduler": scheduler}  # saved as safetensors + JSON, never pickle
 
-    checkpoint_dir = out_dir / "checkpoints"
-    resume_from = resolve_resume(cfg.train.resume_training_checkpoint_path or ("auto" if args.resume else None),
-                                 checkpoint_dir, required=True)
     if resume_from is not None:
         progress.load_state_dict(load_checkpoint(accelerator, resume_from, extra_state))
         if main_process:
             print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch + 1}, "
                   f"batch {progress.batch})")
+        if progress.epoch >= cfg.train.num_epochs:
+            accelerator.print(f"finetune/run.py: the run in {out_dir} already finished its {cfg.train.num_epochs} "
+                              f"epochs (step {progress.step}); nothing to do. To train longer, start a new run "
+                              "from its model.safetensors (model.pretrained_model_path)")
+            return 0
     scheduler.step(progress.epoch)
     guard = NonFiniteGuard(cfg.train.max_nan_steps, script="finetune/run.py", checkpoint_dir=checkpoint_dir,
                            advice="Lower train.optim.base_lr, raise train.optim.warmup_epochs or use "
@@ -222,13 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 images, pids = images.to(accelerator.device), pids.to(accelerator.device)
                 with accelerator.accumulate(*modules):
                     out = model(images, pids)
-                    parts = {}
-                    if use_id_loss:
-                        parts["id"] = cfg.model.id_loss_weight * id_loss(out.logits, pids, label_smoothing)
-                    if use_triplet:
-                        parts["triplet"] = cfg.model.triplet_loss_weight * triplet(out.features, pids)
-                    if center_loss is not None:
-                        parts["center"] = optim_cfg.center_loss_weight * center_loss(out.features, pids)
+                    parts = losses.terms(out, pids, center_loss)
                     loss = sum(parts.values())
                     finite, stopping = agree(accelerator, loss, stop)  # every process skips / stops together
                     if finite:

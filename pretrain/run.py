@@ -34,6 +34,7 @@ batch contributes no part loss (SOLIDER then trains every token towards backgrou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import math
@@ -55,7 +56,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
 from soliderkit.backbone import build_backbone, load_state, read_checkpoint, save_backbone
-from soliderkit.config import add_config_args, format_config, parse_config_from_args, save_resolved_config
+from soliderkit.config import (add_config_args, config_to_dict, format_config, parse_config_from_args,
+                               save_resolved_config)
 from soliderkit.io import atomic_path
 from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
@@ -66,6 +68,8 @@ from soliderkit.run_control import (
     NonFiniteGuard,
     StopRequest,
     agree,
+    check_resume_config,
+    claim_results_dir,
     derive_seed,
     load_checkpoint,
     resolve_resume,
@@ -497,12 +501,26 @@ class LogWindow:
         return out
 
 
+# Settings a resumed run may not change (they change the model, the data or the schedules).
+RESUME_FIXED = ("seed", "model", "data", "dino", "semantic", "optim")
+RESUME_FREE = ("model.init_from", "model.init_head_from", "data.path", "data.num_workers")
+
+
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as cleanup:  # releases the results-folder lock on every exit
+        return run(argv, cleanup)
+
+
+def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
                              examples="optim.epochs=5 data.batch_size_per_device=32 model.init_from=null")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in results_dir (train.resume=auto)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a results_dir that holds one (the old run is moved aside)")
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the run in results_dir; --overwrite replaces it: give one")
     cfg = parse_config_from_args(PretrainConfig, args)
     out_dir = Path(cfg.results_dir)
     checkpoint_dir = out_dir / "checkpoints"
@@ -518,8 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         for warning in recipe_warnings(cfg, torch.backends.cpu.get_cpu_capability() if on_cpu else None):
             print(f"warning: {warning}", file=sys.stderr)
     # --resume needs a checkpoint; train.resume=auto starts fresh when there is none.
-    resume_from = resolve_resume("auto" if args.resume else cfg.train.resume, checkpoint_dir,
-                                 required=args.resume)
+    resume_from = None if args.overwrite else resolve_resume("auto" if args.resume else cfg.train.resume,
+                                                             checkpoint_dir, required=args.resume)
 
     # ============ data ... ============
     data = build_data(cfg, accelerator.process_index, world, pin_memory=accelerator.device.type == "cuda")
@@ -547,6 +565,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# peak lr {schedules.lr.max():.3g} for a total batch of {total_batch}")
         return 0
 
+    lock = claim_results_dir(accelerator, out_dir, resume=resume_from is not None, overwrite=args.overwrite,
+                             script="pretrain/run.py")
+    if lock is not None:
+        cleanup.callback(lock.release)
+    if resume_from is not None:
+        check_resume_config(out_dir, config_to_dict(cfg), RESUME_FIXED, RESUME_FREE, "pretrain/run.py")
+
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)
     dino_loss.to(accelerator.device)
@@ -557,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         if main_process:
             print(f"resumed from {resume_from} at step {progress.step} (epoch {progress.epoch + 1}, "
                   f"batch {progress.batch})")
+        if progress.epoch >= cfg.optim.epochs:
+            accelerator.print(f"pretrain/run.py: the run in {out_dir} already finished its {cfg.optim.epochs} "
+                              f"epochs (step {progress.step}); nothing to do. To train longer, start a new run "
+                              "from its backbone.safetensors (model.init_from)")
+            return 0
 
     trainer = Trainer(accelerator, cfg, student, teacher, dino_loss, optimizer, schedules, StopRequest())
     knn_splits = load_query_gallery(cfg.knn_eval.dataset_dir) if cfg.knn_eval.dataset_dir and main_process else None

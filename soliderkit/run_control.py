@@ -12,16 +12,24 @@
   the end of every K-th epoch.
 - :func:`derive_seed` / :func:`rng_neutral`: random draws that depend only on (seed, position),
   so a run stopped and resumed mid-epoch draws what an uninterrupted one draws.
+- :func:`claim_results_dir`: a results folder belongs to one run. A new run into a folder
+  that holds one stops (``--resume`` continues it, ``--overwrite`` moves it aside first); a
+  lock keeps two runs from writing into one folder at once; :func:`resume_conflicts` names
+  the settings a resumed run may not change.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -75,6 +83,33 @@ def rng_neutral(iterable: Iterable) -> Iterator:
 
 # ------------------------------------------------------------------------------ stop and skip
 
+def _parent_is_accelerate_launcher() -> bool:
+    try:
+        cmdline = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    words = [Path(w.decode(errors="replace")).name for w in cmdline if w]
+    # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
+    return ("accelerate" in words and "launch" in words) or "accelerate.commands.launch" in words
+
+
+def _terminate_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies.
+
+    accelerate's single-process launcher neither forwards SIGTERM nor waits: killed alone, it
+    dies and leaves the trainer running with no one to stop it. With this, the trainer gets
+    the signal too and saves a checkpoint. Only under that launcher: a trainer started from a
+    shell must survive the shell (nohup, a closed terminal).
+    """
+    if not sys.platform.startswith("linux") or not _parent_is_accelerate_launcher():
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
 class StopRequest:
     """SIGTERM sets ``requested``; the loop checkpoints at the end of the current step and exits 0."""
 
@@ -87,6 +122,7 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        _terminate_with_parent()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -274,3 +310,115 @@ def resolve_resume(resume: str | None, checkpoint_dir: Path, *, required: bool) 
         return latest
     read_progress(resume)  # a clear error when it is not a checkpoint folder
     return Path(resume)
+
+
+# ------------------------------------------------------------------------------ results folders
+
+RUN_MARKERS = ("config.yaml", "log.jsonl", "checkpoints", "metrics.json")
+LOCK_FILE = ".run.lock"
+
+
+class ResultsLock:
+    """An exclusive ``fcntl`` lock on ``<folder>/.run.lock`` held for the life of a run."""
+
+    def __init__(self, folder: Path, script: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / LOCK_FILE
+        self._handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip() or "another process"
+            self._handle.close()
+            raise SystemExit(f"{script}: another run ({holder}) is writing to {folder}; wait for it to end "
+                             "or choose another results_dir") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(f"pid {os.getpid()} ({script})\n")
+        self._handle.flush()
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+
+
+def holds_run(folder: Path) -> list[str]:
+    """The run files ``folder`` holds (empty when it is new or empty)."""
+    return [name for name in RUN_MARKERS if (Path(folder) / name).exists()]
+
+
+def claim_results_dir(accelerator: Accelerator, folder: Path, *, resume: bool, overwrite: bool,
+                      script: str) -> ResultsLock | None:
+    """Make ``folder`` this run's: refuse to mix runs, move an old run aside with ``overwrite``,
+    and lock it (main process). Every process returns or exits together."""
+    folder = Path(folder)
+    message, lock = "", None
+    if accelerator.is_main_process:
+        found = holds_run(folder)
+        if found and not resume and not overwrite:
+            message = (f"{script}: {folder} already holds a run ({', '.join(found)}); continue it with --resume, "
+                       "or start over with --overwrite (the old run is moved aside, not deleted), or choose "
+                       "another results_dir")
+        elif found and overwrite and not resume:
+            aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            try:
+                ResultsLock(folder, script).release()  # never move a folder another run is writing to
+                folder.rename(aside)
+                print(f"--overwrite: moved the previous run to {aside}")
+            except SystemExit as exc:
+                message = str(exc)
+        if not message:
+            try:
+                lock = ResultsLock(folder, script)
+            except SystemExit as exc:
+                message = str(exc)
+    failed = accelerator.reduce(torch.tensor([float(bool(message))], device=accelerator.device), reduction="sum")
+    if failed.item() > 0:
+        raise SystemExit(message or f"{script}: the main process could not claim {folder} (see its message)")
+    return lock
+
+
+def resume_conflicts(saved: dict, current: dict, fixed: tuple[str, ...], free: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys under the ``fixed`` prefixes (minus the ``free`` ones) whose values differ
+    between the run's saved config and the resumed one, as ``key: old -> new``."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(saved), flat(current)
+    conflicts = []
+    for key in sorted(set(old) | set(new)):
+        if not any(key == f or key.startswith(f + ".") for f in fixed):
+            continue
+        if any(key == f or key.startswith(f + ".") for f in free):
+            continue
+        if old.get(key) != new.get(key):
+            conflicts.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return conflicts
+
+
+def check_resume_config(folder: Path, current: dict, fixed: tuple[str, ...], free: tuple[str, ...],
+                        script: str) -> None:
+    """Stop a resume whose settings differ from the run's saved ``config.yaml`` in a field that
+    changes the model, the data or the schedules (naming each field)."""
+    import yaml  # the resolved config is plain YAML
+
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SystemExit(f"{script}: cannot read the run's saved config {path}: {exc}") from None
+    conflicts = resume_conflicts(saved, current, fixed, free)
+    if conflicts:
+        raise SystemExit(f"{script}: --resume with settings that change the model, data or schedules of the run "
+                         f"in {folder}: {'; '.join(conflicts)}. Resume with the saved values ({path}), or start a "
+                         "new run (another results_dir, or --overwrite) initialised from this run's weights")
