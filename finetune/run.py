@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -38,7 +39,8 @@ from soliderkit.finetune.model import build_reid_model, save_reid_model
 from soliderkit.finetune.optim import build_optimizer, build_scheduler
 from soliderkit.finetune.sampler import IdentityBatchSampler
 from soliderkit.io import atomic_write_json
-from soliderkit.reid.datasets import ReidSplits, parse_folders, parse_msmt17
+from soliderkit.reid.datasets import DatasetError, ReidSplits, parse_folders, parse_msmt17
+from soliderkit.reid.image_check import find_unreadable, report_unreadable
 from soliderkit.reid.evaluation import evaluate_query_gallery
 from soliderkit.reid.transforms import ImageDataset, collate, train_transform
 from soliderkit.run_control import (
@@ -55,7 +57,25 @@ from soliderkit.run_control import (
 
 
 def load_splits(cfg: DatasetConfig) -> ReidSplits:
-    """The train / query / gallery records named by the TAO ``dataset`` section."""
+    """The train / query / gallery records named by the TAO ``dataset`` section, every image of
+    them checked (a clear error instead of a crash mid-epoch or at validation)."""
+    try:
+        splits = _parse_splits(cfg)
+    except DatasetError as exc:
+        raise SystemExit(f"dataset error: {exc}") from None
+    records = {"train": splits.train, "query": splits.query, "gallery": splits.gallery}
+    bad = find_unreadable([r.path for subset in records.values() for r in subset])
+    if bad and not cfg.skip_unreadable_images:
+        raise SystemExit(report_unreadable(bad, what="the dataset folders", key="dataset.skip_unreadable_images"))
+    if bad:
+        dropped = {path for path, _ in bad}
+        print(f"warning: left out {len(bad)} unreadable image(s) (dataset.skip_unreadable_images=true), e.g. "
+              f"{bad[0][0]}: {bad[0][1]}", file=sys.stderr)
+        splits = dataclasses.replace(splits, **{k: [r for r in v if r.path not in dropped] for k, v in records.items()})
+    return splits
+
+
+def _parse_splits(cfg: DatasetConfig) -> ReidSplits:
     if cfg.train_dataset_dir is None:
         raise SystemExit("config error: dataset.train_dataset_dir is not set")
     if cfg.dataset_kind == "msmt17":
@@ -168,9 +188,13 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         raise SystemExit(f"config error: dataset.batch_size={cfg.dataset.batch_size} must split into "
                          f"{world} processes x a multiple of dataset.num_instances={cfg.dataset.num_instances}")
     size = (cfg.model.input_height, cfg.model.input_width)
-    sampler = IdentityBatchSampler([r.pid for r in splits.train], cfg.dataset.batch_size // world,
-                                   cfg.dataset.num_instances, seed=max(cfg.train.seed, 0),
-                                   rank=accelerator.process_index, world_size=world, sample_seeds=True)
+    try:
+        sampler = IdentityBatchSampler([r.pid for r in splits.train], cfg.dataset.batch_size // world,
+                                       cfg.dataset.num_instances, seed=max(cfg.train.seed, 0),
+                                       rank=accelerator.process_index, world_size=world, sample_seeds=True)
+    except ValueError as exc:  # too few identities for one step
+        raise SystemExit(f"config error: dataset.batch_size={cfg.dataset.batch_size} with dataset.num_instances="
+                         f"{cfg.dataset.num_instances} on {world} process(es): {exc}") from None
     augment = train_transform(size, cfg.dataset.pixel_mean, cfg.dataset.pixel_std, flip_prob=cfg.dataset.prob,
                               padding=cfg.dataset.padding, erase_prob=cfg.dataset.re_prob)
     # The identity sampler already gives each process its own batches, so the loader is not

@@ -56,14 +56,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
 
 from soliderkit.backbone import build_backbone, load_state, read_checkpoint, save_backbone
-from soliderkit.config import (add_config_args, config_to_dict, format_config, parse_config_from_args,
-                               save_resolved_config)
+from soliderkit.config import (
+    add_config_args,
+    config_to_dict,
+    format_config,
+    parse_config_from_args,
+    save_resolved_config,
+)
 from soliderkit.io import atomic_path
 from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
 from soliderkit.pretrain.knn import knn_reid, load_query_gallery
 from soliderkit.pretrain.multicrop import MultiCropAugmentation
 from soliderkit.pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
+from soliderkit.reid.image_check import find_unreadable, report_unreadable
 from soliderkit.run_control import (
     NonFiniteGuard,
     StopRequest,
@@ -176,6 +182,15 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
         paths = list_images(root)
         if not paths:
             raise SystemExit(f"config error: data.path={d.path}: no images ({sorted(IMAGE_SUFFIXES)}) found")
+        bad = find_unreadable(paths, progress=rank == 0)
+        if bad and not d.skip_unreadable_images:
+            raise SystemExit(report_unreadable(bad, what=f"data.path={d.path}", key="data.skip_unreadable_images"))
+        if bad:
+            dropped = {path for path, _ in bad}
+            paths = [p for p in paths if str(p) not in dropped]
+            if rank == 0:
+                print(f"warning: left out {len(bad)} unreadable image(s) (data.skip_unreadable_images=true), "
+                      f"e.g. {bad[0][0]}: {bad[0][1]}", file=sys.stderr)
         sampler = EpochBatches(len(paths), d.batch_size_per_device, rank=rank, world_size=world_size,
                                seed=cfg.seed, batches_per_epoch=d.batches_per_epoch)
         loader = DataLoader(MultiCropFolder(paths, augment), batch_sampler=sampler, num_workers=d.num_workers,

@@ -231,13 +231,19 @@ def save_state_atomically(accelerator: Accelerator, final: Path, extra_files: di
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for name, obj in (extra_state or {}).items():
-            _write_state(obj, partial, name)
-        for name, text in (extra_files or {}).items():
-            (partial / name).write_text(text)
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for name, obj in (extra_state or {}).items():
+                _write_state(obj, partial, name)
+            for name, text in (extra_files or {}).items():
+                (partial / name).write_text(text)
+    except OSError as exc:  # disk full, quota, permissions: keep what is there, say what happened
+        shutil.rmtree(partial, ignore_errors=True)
+        previous = find_latest_checkpoint(final.parent)
+        raise SystemExit(f"could not write checkpoint {final} ({exc}); nothing was replaced"
+                         + (f": the newest complete checkpoint is {previous}" if previous else "")) from None
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)

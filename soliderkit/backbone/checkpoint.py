@@ -152,8 +152,10 @@ def load_torch_weights_only(path: str | os.PathLike, max_placeholders: int = 256
                 raise CheckpointError(f"checkpoint {path}: the pickled object {name} cannot be replaced by "
                                       f"a placeholder: {message.splitlines()[0]}") from None
             names.add(name)
-        except (RuntimeError, EOFError, ValueError, OSError) as exc:
-            raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({exc}); "
+        except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError) as exc:
+            # a file that is not a pickle at all (a text file named .pth) fails in the unpickler
+            # with whatever its bytes happen to mean (KeyError: 101 for "hello")
+            raise CheckpointError(f"checkpoint {path} is not a readable PyTorch file ({type(exc).__name__}: {exc}); "
                                   "encrypted TAO .tlt files must be decrypted first") from None
     raise CheckpointError(f"checkpoint {path} names more than {max_placeholders} non-tensor globals")
 

@@ -57,6 +57,10 @@ class DataConfig:
     path: str | None = option(None)
     batch_size_per_device: int = option(48)  # images per process per step (SOLIDER: batch_size_per_gpu)
     num_workers: int = option(16)  # data-loading worker processes per training process
+    # data.kind=folder: every image is checked before step one; unreadable ones stop the run
+    # (listed) unless this is true, when they are left out and counted. Shards skip and count
+    # bad samples as they stream.
+    skip_unreadable_images: bool = option(False)
     shuffle_buffer: int = option(10000)  # kind shards: samples held in the streaming shuffle buffer
     batches_per_epoch: int | None = option(None)  # steps per epoch; null = one pass over the data
     # (height, width) of the 2 global views and of the model input (SOLIDER: height, width)

@@ -1,0 +1,63 @@
+"""Check that every image of a data set can be opened before training starts.
+
+A bad file found mid-epoch (or at validation) used to crash the run and lose the epochs since
+the last checkpoint. :func:`find_unreadable` reads each file's header once (PIL opens the file
+and parses the header; pixels are not decoded), in worker processes for large sets, with a
+progress bar, and returns the files that fail with the reason.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Sequence
+
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+# Below this many files one process is faster than starting a pool.
+_POOL_THRESHOLD = 4000
+_CHUNK = 256
+
+
+def _problem(path: str) -> str | None:
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if width <= 0 or height <= 0:
+        return f"empty image ({width}x{height})"
+    return None
+
+
+def _problems(paths: Sequence[str]) -> list[str | None]:
+    return [_problem(p) for p in paths]
+
+
+def find_unreadable(paths: Sequence[str | os.PathLike], *, workers: int | None = None, desc: str = "checking images",
+                    progress: bool = True) -> list[tuple[str, str]]:
+    """``(path, reason)`` for every file of ``paths`` whose image header cannot be read."""
+    paths = [str(p) for p in paths]
+    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False)
+    results: list[str | None] = []
+    if len(paths) < _POOL_THRESHOLD or workers <= 1:
+        for chunk in chunks:
+            results.extend(_problems(chunk))
+            bar.update(len(chunk))
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for chunk, found in zip(chunks, pool.map(_problems, chunks)):
+                results.extend(found)
+                bar.update(len(chunk))
+    bar.close()
+    return [(p, why) for p, why in zip(paths, results) if why is not None]
+
+
+def report_unreadable(bad: list[tuple[str, str]], *, what: str, key: str) -> str:
+    """A message listing every bad file with its reason, and the fix."""
+    lines = [f"{len(bad)} unreadable image(s) in {what}:"]
+    lines += [f"  {path}: {why}" for path, why in bad]
+    lines.append(f"remove or replace them, or set {key}=true to leave them out")
+    return "\n".join(lines)
