@@ -666,6 +666,7 @@ def _plan(sources: list[TrackingSource], sampling: SamplingOptions, split: Split
 
         assign: dict[str, list[Crop]] = {stream.name: [] for stream in source.cameras}
         per_track_splits: dict[int, Counter] = defaultdict(Counter)
+        per_track_cameras: dict[int, set] = defaultdict(set)
         for track in tracks:
             per_camera = {name: cams[track] for name, cams in cameras.items() if cams.get(track)}
             if split.layout == "unlabeled":
@@ -708,6 +709,7 @@ def _plan(sources: list[TrackingSource], sampling: SamplingOptions, split: Split
                                  f"{crop.frame:06d}_00.{ext}")
                     assign[name].append(crop)
                     per_track_splits[track][crop.split] += 1
+                    per_track_cameras[track].add(camera)
         for track in tracks:
             counts = per_track_splits[track]
             plan.identities.append({
@@ -715,7 +717,7 @@ def _plan(sources: list[TrackingSource], sampling: SamplingOptions, split: Split
                 "split": "unlabeled" if split.layout == "unlabeled" else ("test" if track in test_tracks else "train"),
                 "synthetic": source.synthetic, "train": counts["train"], "query": counts["query"],
                 "gallery": counts["gallery"], "unlabeled": counts["unlabeled"],
-                "cameras": " ".join(f"c{camera_of[n]}" for n, cams in cameras.items() if cams.get(track)),
+                "cameras": " ".join(f"c{camera}" for camera in sorted(per_track_cameras[track])),
             })
         for stream in source.cameras:
             crops = sorted(assign[stream.name], key=lambda c: (c.frame, c.track))
