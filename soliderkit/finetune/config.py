@@ -33,7 +33,6 @@ _WHY = {
     "trt_engine": "TensorRT engines belong to TAO Deploy; this toolkit runs PyTorch checkpoints",
     "encryption_key": "checkpoints are written unencrypted",
     "model_name": "TAO's model-agnostic launcher field",
-    "wandb": "Weights & Biases logging is not implemented",
 }
 _WHY = {k: f"{v}; {_TAO_COMPAT}" for k, v in _WHY.items()}
 _WHY["launcher"] = _LAUNCHER
@@ -96,6 +95,11 @@ class ModelConfig:
     # EXTENSIONS (not in TAO):
     label_smooth_epsilon: float = option(0.1)  # smoothing ε when label_smooth (TAO fixes 0.1)
     grad_checkpointing: bool = option(False)  # recompute Swin blocks in backward to save memory
+    # Train the backbone's semantic controller (the λ -> per-channel scale/shift layers)? false is
+    # the reference: SOLIDER-REID model/backbones/swin_transformer.py and TAO's
+    # model/backbones/swin_transformer.py set requires_grad=False on semantic_embed_w/b, so the
+    # controller keeps its pretrained values; true trains it with the rest of the network.
+    train_semantic_controller: bool = option(False)
 
     def validate(self) -> None:
         for key in ("input_width", "input_height"):
@@ -145,6 +149,12 @@ class OptimConfig:
     cosine_margin: float = option(0.5)  # margin m of arcface/cosface/amsoftmax/circle heads
     cosine_scale: float = option(30.0)  # scale s of arcface/cosface/amsoftmax/circle heads
     trp_l2: bool = option(False)  # L2-normalise embeddings before the triplet loss
+    # EXTENSIONS (not in TAO):
+    # which parameters count as biases (base_lr * bias_lr_factor, weight_decay_bias): "contains" is
+    # the reference (SOLIDER-REID solver/make_optimizer.py and TAO pl_reid_model.py test
+    # '"bias" in name', which also takes every relative_position_bias_table); "suffix" takes only
+    # names ending in "bias"
+    bias_param_rule: Literal["contains", "suffix"] = option("contains")
 
     def validate(self) -> None:
         require(self.base_lr > 0, "base_lr", "must be > 0")
@@ -185,6 +195,13 @@ class DatasetConfig:
     # how identities and cameras are read (soliderkit.reid.datasets parsers): Market-style file names
     # ("market1501", "three_folders") or MSMT17 list files ("msmt17")
     dataset_kind: Literal["market1501", "msmt17", "three_folders"] = option("market1501")
+    # resize filter of test / validation images: "bilinear" is the reference (SOLIDER-REID
+    # datasets/make_dataloader.py and TAO dataloader/transforms.py: T.Resize with its default);
+    # "bicubic" matches the training resize (both references train with interpolation=3, bicubic)
+    test_interpolation: Literal["bilinear", "bicubic"] = option("bilinear")
+    # every image is checked before step one; unreadable ones stop the run (listed) unless this
+    # is true, when they are left out and counted
+    skip_unreadable_images: bool = option(False)
 
     def validate(self) -> None:
         for key in ("num_classes", "batch_size", "val_batch_size", "num_instances"):
@@ -277,6 +294,10 @@ class EvaluateConfig:
     output_cmc_curve_plot: str | None = option(None)  # CMC curve PNG; null = <evaluate results>/cmc_curve.png
     test_dataset: str | None = option(None)  # gallery folder; null = dataset.test_dataset_dir
     query_dataset: str | None = option(None)  # query folder; null = dataset.query_dataset_dir
+    # EXTENSION: more evaluation targets, each "NAME=ROOT" (a Market-1501 / MSMT17 root) or
+    # "NAME=QUERY_DIR,GALLERY_DIR" ("NAME=" optional), as finetune/evaluate.py --target; every target
+    # is written to its own <results>/<NAME>/ folder, plus one summary table
+    targets: list[str] = option([])
 
 
 @dataclass
@@ -309,16 +330,20 @@ class ExportConfig:
 
 @dataclass
 class WandBConfig:
-    """TAO's Weights & Biases block; accepted, not used."""
+    """TAO's Weights & Biases block, honoured by ``finetune/run.py`` through Accelerate's W&B tracker
+    (beside TensorBoard) when ``enable`` is true and the ``wandb`` package is installed (it is not a
+    dependency: ``pip install wandb``). Enabled without ``wandb`` installed, the run warns and its
+    resolved ``config.yaml`` records ``enable: false``."""
 
-    enable: bool = option(True)
-    project: str = option("TAO Toolkit")
-    entity: str | None = option("")
-    tags: list[str] = option(["tao-toolkit"])
-    reinit: bool = option(False)
-    sync_tensorboard: bool = option(False)
-    save_code: bool = option(False)
-    name: str = option("TAO Toolkit Training")
+    # log to W&B; EXTENSION difference: default false (TAO: true), as W&B is optional here
+    enable: bool = option(False)
+    project: str = option("TAO Toolkit")  # W&B project
+    entity: str | None = option("")  # W&B team or user; "" or null = the logged-in user's default
+    tags: list[str] = option(["tao-toolkit"])  # W&B run tags
+    reinit: bool = option(False)  # wandb.init(reinit=...)
+    sync_tensorboard: bool = option(False)  # also upload the TensorBoard events
+    save_code: bool = option(False)  # wandb.init(save_code=...)
+    name: str = option("TAO Toolkit Training")  # W&B run name
 
 
 @dataclass
@@ -329,7 +354,7 @@ class FinetuneConfig:
     results_dir: str = option("results/finetune")
     encryption_key: str | None = option(None, no_effect=_WHY["encryption_key"])
     model_name: str | None = option(None, no_effect=_WHY["model_name"])
-    wandb: WandBConfig = option(WandBConfig(), no_effect=_WHY["wandb"])
+    wandb: WandBConfig = option(WandBConfig())  # Weights & Biases logging (see WandBConfig)
     model: ModelConfig = option(ModelConfig())
     dataset: DatasetConfig = option(DatasetConfig())
     train: TrainConfig = option(TrainConfig())

@@ -78,3 +78,35 @@ def scale_center_gradients(center_loss: nn.Module, weight: float) -> None:
     for param in center_loss.parameters():
         if param.grad is not None:
             param.grad.mul_(1.0 / weight)
+
+
+class ReidLosses:
+    """The loss terms of one fine-tuning step, as ``finetune/run.py`` trains them.
+
+    ``terms(out, pids, center_loss)`` returns the weighted terms (their sum is the loss):
+    ``id`` when ``dataset.sampler`` contains "softmax", ``triplet`` when it contains "triplet" and
+    ``model.metric_loss_type`` does, ``center`` when a center loss is given. The triplet sees the
+    feature before the BNNeck (``ReidOutput.features``), soft-margin when ``model.no_margin``.
+    Shared with ``bench/compare_with_reference.py`` and the golden-value tests, so the step they
+    check is the step the loop runs.
+    """
+
+    def __init__(self, cfg):
+        model, optim = cfg.model, cfg.train.optim
+        self.use_id = "softmax" in cfg.dataset.sampler
+        self.use_triplet = "triplet" in cfg.dataset.sampler and "triplet" in model.metric_loss_type
+        self.triplet = TripletLoss(None if model.no_margin else optim.triplet_loss_margin,
+                                   normalize_features=optim.trp_l2)
+        self.label_smoothing = model.label_smooth_epsilon if model.label_smooth else 0.0
+        self.id_weight, self.triplet_weight = model.id_loss_weight, model.triplet_loss_weight
+        self.center_weight = optim.center_loss_weight
+
+    def terms(self, out, pids: torch.Tensor, center_loss: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        parts = {}
+        if self.use_id:
+            parts["id"] = self.id_weight * id_loss(out.logits, pids, self.label_smoothing)
+        if self.use_triplet:
+            parts["triplet"] = self.triplet_weight * self.triplet(out.features, pids)
+        if center_loss is not None:
+            parts["center"] = self.center_weight * center_loss(out.features, pids)
+        return parts

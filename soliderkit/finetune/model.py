@@ -30,8 +30,9 @@ from soliderkit.backbone import (
 from soliderkit.backbone.adapters import TOOLKIT_REID_FORMAT
 from soliderkit.backbone.checkpoint import CheckpointError
 from soliderkit.config import config_from_dict, config_to_dict
-from soliderkit.finetune.config import ModelConfig
+from soliderkit.finetune.config import DatasetConfig, ModelConfig
 from soliderkit.io import atomic_path
+from soliderkit.reid.embedding import PREPROCESSING_KEY, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,10 @@ def build_reid_model(cfg: ModelConfig, num_classes: int, *, cosine_scale: float 
                               checkpoint=checkpoint, semantic_weight=cfg.semantic_weight,
                               drop_path_rate=cfg.drop_path, grad_checkpointing=cfg.grad_checkpointing,
                               allow_partial=allow_partial)
+    if backbone.controller is not None and not cfg.train_semantic_controller:
+        # SOLIDER-REID / TAO build semantic_embed_w/b with requires_grad=False: the controller
+        # keeps its pretrained values (model.train_semantic_controller: true trains it).
+        backbone.controller.requires_grad_(False)
     report = backbone.checkpoint_report
     if report is not None:
         imagenet = report.format in IMAGENET_FORMATS
@@ -148,15 +153,33 @@ MODEL_FORMAT = TOOLKIT_REID_FORMAT
 
 
 def save_reid_model(model: ReidModel, path, model_config: ModelConfig, num_classes: int, *,
-                    cosine_scale: float = 30.0, cosine_margin: float = 0.5, **extra) -> None:
-    """Weights + how to rebuild them (the ``model`` config section) in one safetensors file."""
+                    cosine_scale: float = 30.0, cosine_margin: float = 0.5,
+                    preprocessing: Preprocessing | None = None, **extra) -> None:
+    """Weights + how to rebuild them (the ``model`` config section) in one safetensors file.
+
+    ``preprocessing`` (input size, pixel mean / std, resize filter, flip, λ; see
+    :func:`preprocessing_for`) is stored under the metadata key ``preprocessing`` so that
+    the file embeds images on its own (``soliderkit.finetune.FeatureExtractor``)."""
     metadata = {"format": MODEL_FORMAT, "model_config": json.dumps(config_to_dict(model_config)),
                 "num_classes": str(num_classes), "embedding_dim": str(model.embedding_dim),
                 "cosine_scale": str(cosine_scale), "cosine_margin": str(cosine_margin)}
+    if preprocessing is not None:
+        metadata[PREPROCESSING_KEY] = preprocessing.to_json()
     metadata.update({k: json.dumps(v) for k, v in extra.items()})
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
+
+
+def preprocessing_for(model_config: ModelConfig, dataset_config: DatasetConfig | None = None) -> Preprocessing:
+    """The preprocessing a model trained with these config sections expects at test time: input
+    size, flip and λ from ``model``; mean, std and resize filter from ``dataset`` (its defaults
+    when None)."""
+    dataset_config = dataset_config or DatasetConfig()
+    return Preprocessing(input_size=(model_config.input_height, model_config.input_width),
+                         pixel_mean=tuple(dataset_config.pixel_mean), pixel_std=tuple(dataset_config.pixel_std),
+                         interpolation=getattr(dataset_config, "test_interpolation", "bilinear"),
+                         flip=model_config.with_flip_feature, semantic_weight=model_config.semantic_weight)
 
 
 def load_reid_model(path, model_config: ModelConfig | None = None, *, allow_partial: bool = False,

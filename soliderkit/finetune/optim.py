@@ -2,7 +2,11 @@
 
 Parameter groups follow SOLIDER-REID's ``make_optimizer``: biases get
 ``base_lr * bias_lr_factor`` and ``weight_decay_bias``; with ``large_fc_lr`` the classifier
-gets twice the base LR. Schedules are stepped once per epoch:
+gets twice the base LR. What counts as a bias is ``bias_param_rule``: ``contains`` (the
+reference's ``"bias" in name``, so the Swin relative-position bias tables are biases too) or
+``suffix`` (names ending in ``bias``). Frozen parameters (``requires_grad`` false: the BNNeck
+bias, and the semantic controller unless ``model.train_semantic_controller``) are left out.
+Schedules are stepped once per epoch:
 * ``warmup_method: cosine`` — timm's ``CosineLRScheduler`` as SOLIDER-REID configures it
   (linear warm-up from 0.01 x base over ``warmup_epochs``, cosine to 0.002 x base over
   ``num_epochs``);
@@ -28,7 +32,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         if not param.requires_grad:
             continue
         lr, weight_decay = cfg.base_lr, cfg.weight_decay
-        if name.endswith("bias"):
+        is_bias = "bias" in name if cfg.bias_param_rule == "contains" else name.endswith("bias")
+        if is_bias:
             lr, weight_decay = cfg.base_lr * cfg.bias_lr_factor, cfg.weight_decay_bias
         if cfg.large_fc_lr and "classifier" in name:
             lr = cfg.base_lr * 2

@@ -5,10 +5,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from soliderkit.reid.datasets import ImageRecord
+from soliderkit.reid.embedding import flip_averaged_embedding, iter_embeddings
 from soliderkit.reid.metrics import (
     RankingResult,
     evaluate_ranking_chunks,
@@ -16,31 +15,24 @@ from soliderkit.reid.metrics import (
     pairwise_distance,
 )
 from soliderkit.reid.reranking import iter_re_ranking_from_features
-from soliderkit.reid.transforms import ImageDataset, collate, test_transform
+from soliderkit.reid.transforms import ImageDataset, test_transform
 
 
-def flip_averaged_embedding(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Mean of the embeddings of the images and their mirror images (``with_flip_feature``)."""
-    return 0.5 * (model(images) + model(torch.flip(images, dims=[3])))
+__all__ = ["flip_averaged_embedding", "extract_embeddings", "evaluate_query_gallery", "evaluate_features",
+           "ranked_gallery"]
 
 
-@torch.no_grad()
 def extract_embeddings(model: torch.nn.Module, records: Sequence[ImageRecord], *, size: tuple[int, int],
                        mean: Sequence[float], std: Sequence[float], batch_size: int,
                        device: torch.device, flip: bool = False, num_workers: int = 0,
-                       progress: bool = True, desc: str = "embeddings") -> torch.Tensor:
-    """Embeddings (N, D) of ``records`` in order, from ``model`` in eval mode."""
-    loader = DataLoader(ImageDataset(records, test_transform(size, mean, std)), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, collate_fn=collate)
-    was_training = model.training
-    model.eval()
-    chunks = []
-    for images, _, _, _ in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images = images.to(device)
-        embedding = flip_averaged_embedding(model, images) if flip else model(images)
-        chunks.append(embedding.float().cpu())
-    model.train(was_training)
-    return torch.cat(chunks)
+                       progress: bool = True, desc: str = "embeddings",
+                       interpolation: str = "bicubic") -> torch.Tensor:
+    """Embeddings (N, D) of ``records`` in order, from ``model`` in eval mode; images resized
+    with ``interpolation`` ("bilinear" or "bicubic", ``soliderkit.reid.transforms.test_transform``)."""
+    transform = test_transform(size, mean, std, interpolation=interpolation)
+    batches = iter_embeddings(model, ImageDataset(records, transform), batch_size=batch_size, device=device,
+                              flip=flip, num_workers=num_workers, progress=progress, desc=desc)
+    return torch.cat([embedding for _, embedding in batches])
 
 
 def evaluate_query_gallery(model: torch.nn.Module, query: Sequence[ImageRecord],

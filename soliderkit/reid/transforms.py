@@ -2,7 +2,10 @@
 
 Training augmentation as SOLIDER-REID / TAO: resize (bicubic) -> horizontal flip ->
 pad -> random crop back to size -> normalise -> random erasing (timm, per-pixel noise,
-one box). Test images are only resized and normalised.
+one box). Test images are only resized and normalised; the test resize filter is a choice
+(``interpolation``): both references resize test images bilinearly (torchvision's default)
+while training bicubically; the library default stays bicubic and the fine-tune config picks
+(``dataset.test_interpolation``, default the references' bilinear).
 """
 from __future__ import annotations
 
@@ -31,9 +34,15 @@ def train_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[
     ])
 
 
-def test_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> Callable:
+TEST_INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+
+
+def test_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
+                   interpolation: str = "bicubic") -> Callable:
+    if interpolation not in TEST_INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(TEST_INTERPOLATIONS)}, got {interpolation!r}")
     return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.Resize(size, interpolation=TEST_INTERPOLATIONS[interpolation]),
         T.ToTensor(),
         T.Normalize(mean=mean, std=std),
     ])
