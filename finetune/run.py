@@ -35,9 +35,10 @@ from soliderkit.config import (add_config_args, config_to_dict, format_config, p
                                save_resolved_config)
 from soliderkit.finetune.config import DatasetConfig, FinetuneConfig
 from soliderkit.finetune.losses import CenterLoss, ReidLosses, scale_center_gradients
-from soliderkit.finetune.model import build_reid_model, save_reid_model
+from soliderkit.finetune.model import build_reid_model, preprocessing_for, save_reid_model
 from soliderkit.finetune.optim import build_optimizer, build_scheduler
 from soliderkit.finetune.sampler import IdentityBatchSampler
+from soliderkit.finetune.trackers import experiment_trackers
 from soliderkit.io import atomic_write_json
 from soliderkit.reid.datasets import DatasetError, ReidSplits, parse_folders, parse_msmt17
 from soliderkit.reid.image_check import find_unreadable, report_unreadable
@@ -166,7 +167,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-        log_with=None if args.dry_run else "tensorboard",
+        log_with=experiment_trackers(cfg, dry_run=args.dry_run),  # TensorBoard (+ W&B: wandb.enable)
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
     )
     main_process = accelerator.is_main_process
@@ -326,7 +327,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                 if main_process:
                     save_reid_model(accelerator.unwrap_model(model), out_dir / "model.safetensors", cfg.model,
                                     num_classes, cosine_scale=optim_cfg.cosine_scale,
-                                    cosine_margin=optim_cfg.cosine_margin, epoch=epoch + 1)
+                                    cosine_margin=optim_cfg.cosine_margin, epoch=epoch + 1,
+                                    preprocessing=preprocessing_for(cfg.model, cfg.dataset))
             if (epoch + 1) % cfg.train.validation_interval == 0 or last_epoch:
                 accelerator.wait_for_everyone()
                 if main_process:

@@ -37,6 +37,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -521,9 +522,47 @@ _Dumper.add_representer(list, _represent_list)
 
 
 def format_config(cfg: Any) -> str:
-    """The config as YAML text: block-style sections, lists of scalars inline."""
-    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
+    """The config as YAML text: block-style sections, lists of scalars inline; a field marked
+    ``no_effect`` carries a ``# no effect: why`` comment, so the file never presents it as active."""
+    text = yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False,
                      width=1000, allow_unicode=True)
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        text = _annotate(text, _no_effect_fields(type(cfg)))
+    return text
+
+
+def _no_effect_fields(cls: type, prefix: str = "") -> dict[str, str]:
+    """Dotted key -> why, for every field of the schema marked ``no_effect``."""
+    found, hints = {}, get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.metadata.get("no_effect"):
+            found[key] = f.metadata["no_effect"]
+        if dataclasses.is_dataclass(hints[f.name]):
+            found.update(_no_effect_fields(hints[f.name], key))
+    return found
+
+
+_YAML_KEY = re.compile(r"^( *)([A-Za-z_][\w.-]*):(?: |$)")
+
+
+def _annotate(text: str, notes: Mapping[str, str]) -> str:
+    """Append ``  # no effect: why`` to the block-style YAML lines of the keys in ``notes``."""
+    if not notes:
+        return text
+    lines, stack = [], []  # stack: (indent, key) of the enclosing mappings
+    for line in text.splitlines():
+        match = _YAML_KEY.match(line)
+        if match:
+            indent = len(match.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, match.group(2)))
+            why = notes.get(".".join(key for _, key in stack))
+            if why:
+                line += f"  # no effect: {why}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def save_resolved_config(cfg: Any, results_dir: str | Path) -> Path:
@@ -541,12 +580,20 @@ def save_resolved_config(cfg: Any, results_dir: str | Path) -> Path:
 FINETUNE_OVERRIDE_EXAMPLES = "train.num_epochs=5 dataset.pixel_mean=[0.5,0.5,0.5] model.pretrained_model_path=null"
 
 
-def add_config_args(parser: argparse.ArgumentParser,
-                    examples: str = FINETUNE_OVERRIDE_EXAMPLES) -> argparse.ArgumentParser:
-    """Add ``--config PATH`` (required), ``--dry-run`` and positional ``KEY=VALUE`` overrides.
+def add_config_args(parser: argparse.ArgumentParser, examples: str = FINETUNE_OVERRIDE_EXAMPLES, *,
+                    config_required: bool = True, config_help: str | None = None) -> argparse.ArgumentParser:
+    """Add ``--config PATH`` (required unless ``config_required=False``), ``--dry-run`` and
+    positional ``KEY=VALUE`` overrides.
 
-    ``examples`` are overrides of the script's own schema, shown in ``--help``."""
-    parser.add_argument("--config", required=True, metavar="PATH", help="YAML experiment spec")
+    ``examples`` are overrides of the script's own schema, shown in ``--help``. A parser built
+    with argparse's plain formatter gets the toolkit's (``soliderkit.cli.HelpFormatter``: the
+    description as written, each option's default shown)."""
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = HelpFormatter
+    if config_help is None:
+        config_help = "YAML experiment spec" + ("" if config_required else " (default: none; the schema's defaults "
+                                                                           "plus KEY=VALUE overrides)")
+    parser.add_argument("--config", required=config_required, metavar="PATH", help=config_help)
     parser.add_argument("--dry-run", action="store_true",
                         help="load and validate the config, print the resolved result, and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
