@@ -376,8 +376,8 @@ def test_fine_tune_on_a_converted_tracking_set_beside_the_synthetic_world(data, 
         f"dataset.train_dataset_dir=[{tiny_world / 'bounding_box_train'},{out / 'bounding_box_train'}]",
         f"dataset.query_dataset_dir={out / 'query'}", f"dataset.test_dataset_dir={out / 'bounding_box_test'}",
         f"results_dir={results}", "model.input_height=64", "model.input_width=32", "dataset.batch_size=8",
-        "dataset.num_instances=2", "dataset.num_workers=0", "train.num_epochs=2", "train.checkpoint_interval=2",
-        "train.validation_interval=2"]) == 0
+        "dataset.num_instances=2", "dataset.num_workers=0", "train.num_epochs=1", "train.checkpoint_interval=1",
+        "train.validation_interval=1"]) == 0
     printed = capsys.readouterr().out
     assert "class distribution (model card layout)" in printed
     card = [line for line in printed.splitlines() if line.startswith("| Train")]
