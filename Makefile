@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_WORLD := data/synthetic
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-fast clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(STAMP) $(DEMO_WORLD)/world.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The quick loop while editing (under a minute on 2 cores): all but the end-to-end and multi-process runs.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean-demo:
 	rm -rf $(DEMO_WORLD) $(DEMO_RESULTS)

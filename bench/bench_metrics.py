@@ -2,7 +2,7 @@
 
 Default (Market-1501 size): 3,368 queries x 15,913 gallery, 256-d synthetic features,
 ~750 identities, 6 cameras, ~15% gallery distractors. Prints the time of
-``evaluate_ranking`` and of the published per-query loop (``reference_eval.py``), the
+``evaluate_ranking`` and of the published per-query loop (``market1501_loop`` below), the
 speed-up and the largest absolute difference in mAP / mINP / CMC; then the same for a
 stronger, unpublished variant of the loop whose AP step is one numpy division.
 
@@ -18,7 +18,6 @@ needs the full 3.8 GB matrix plus a 7.6 GB argsort).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import sys
 import time
@@ -26,10 +25,7 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference_eval import market1501_loop  # noqa: E402
-
-from soliderkit.reid.metrics import (  # noqa: E402
+from soliderkit.reid.metrics import (
     evaluate_ranking,
     evaluate_ranking_from_features,
     pairwise_distance,
@@ -73,6 +69,63 @@ def timed(fn, *args, repeat: int = 1, **kwargs):
     return out, best
 
 
+# Per-query numpy loop of the published Market-1501 evaluation, the baseline of this bench.
+#
+# Written independently, step for step like the published python evaluation
+# (torchreid ``torchreid/metrics/rank.py`` ``eval_market1501``; fast-reid
+# ``fastreid/evaluation/rank.py``, which adds mINP): one ``np.argsort`` of the whole
+# distance matrix with numpy's default (unstable) sort, the whole match matrix, then a
+# Python loop over queries that builds each query's kept-match vector and computes its
+# CMC, INP and AP, the precision for AP through a Python list comprehension as published.
+#
+# ``vectorised_ap=True`` replaces that list comprehension with one numpy division: not
+# the published code, but a stronger baseline worth reporting next to it. ``stable=True``
+# sorts with a stable sort, so exactly tied distances are ranked by gallery index as
+# ``soliderkit.reid.metrics`` ranks them (float32 distances do tie now and then).
+#
+# The only deviation: when junk removal leaves a query fewer than ``max_rank`` gallery
+# entries, its CMC row is padded with its last value (the published code would build a
+# ragged array there and fail).
+def market1501_loop(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, *,
+                    vectorised_ap=False, stable=False):
+    """Return (cmc, mAP, mINP, num_valid) as the published per-query loop computes them."""
+    distmat = np.asarray(distmat)
+    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
+    q_camids, g_camids = np.asarray(q_camids), np.asarray(g_camids)
+    max_rank = min(max_rank, distmat.shape[1])
+
+    # Whole matrix at once with the default (unstable) sort, as published.
+    ranked = np.argsort(distmat, axis=1, kind="stable" if stable else None)
+    matches = (g_pids[ranked] == q_pids[:, np.newaxis]).astype(np.int32)
+    cmc_rows, average_precisions, inverse_neg_penalties = [], [], []
+    for qi in range(distmat.shape[0]):
+        order = ranked[qi]
+        junk = (g_pids[order] == q_pids[qi]) & (g_camids[order] == q_camids[qi])
+        hits = matches[qi][~junk]  # 1 where a kept entry is a true match
+        if not np.any(hits):
+            continue  # the query's identity has no true match in the gallery
+
+        hits_so_far = hits.cumsum()
+        hardest = np.max(np.where(hits == 1))
+        inverse_neg_penalties.append(hits_so_far[hardest] / (hardest + 1.0))
+
+        curve = hits_so_far.copy()
+        curve[curve > 1] = 1
+        curve = curve[:max_rank]
+        cmc_rows.append(np.pad(curve, (0, max_rank - curve.size), mode="edge"))
+
+        if vectorised_ap:
+            precision = hits_so_far / np.arange(1.0, hits.size + 1)
+        else:
+            precision = np.asarray([count / (rank + 1.0) for rank, count in enumerate(hits_so_far)])
+        average_precisions.append((precision * hits).sum() / hits.sum())
+
+    if not cmc_rows:
+        raise ValueError("no valid query")
+    cmc = np.asarray(cmc_rows).astype(np.float32).sum(0) / len(cmc_rows)
+    return cmc, float(np.mean(average_precisions)), float(np.mean(inverse_neg_penalties)), len(cmc_rows)
+
+
 def largest_difference(result, cmc, mAP, mINP) -> float:
     return max(abs(result.mAP - mAP), abs(result.mINP - mINP), float(np.abs(result.cmc - cmc).max()))
 
@@ -93,7 +146,7 @@ def run_market(args) -> None:
           f"valid {result.num_valid_queries} skipped {result.num_skipped_queries}")
 
     # Baseline: the published per-query loop (default argsort of the whole matrix, then
-    # a Python loop over queries; see reference_eval.py).
+    # a Python loop over queries; see market1501_loop).
     (ref_cmc, ref_map, ref_minp, ref_valid), t_ref = timed(
         market1501_loop, distmat.numpy(), q_pids, g_pids, q_cams, g_cams, 50,
         repeat=args.reference_repeat)

@@ -46,6 +46,7 @@ def _png(path):
         return image.format, image.size
 
 
+@pytest.mark.slow
 def test_evaluates_a_trained_model_like_training_does(trained, tiny_world, tmp_path, capsys):
     out = tmp_path / "eval"
     assert evaluate.main(["--config", CONFIG, "--checkpoint", str(trained / "model.safetensors"),
@@ -72,6 +73,7 @@ def test_evaluates_a_trained_model_like_training_does(trained, tiny_world, tmp_p
     assert (out / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_flip_and_a_checkpoint_folder(trained, tiny_world, tmp_path):
     out = tmp_path / "flip"
     assert evaluate.main(["--checkpoint", str(trained), "--flip", *_folders(tiny_world), "--num-samples", "2",
@@ -85,6 +87,7 @@ def test_flip_and_a_checkpoint_folder(trained, tiny_world, tmp_path):
     assert not (out / "cmc_curve.png").exists() and not (out / "sampled_matches.png").exists()
 
 
+@pytest.mark.slow
 def test_color_histogram_needs_no_checkpoint_or_config(tiny_world, tmp_path, capsys):
     out = tmp_path / "hist"
     assert evaluate.main(["--model", "color-histogram", *_folders(tiny_world), f"evaluate.results_dir={out}"]) == 0
@@ -123,6 +126,7 @@ def test_user_errors_are_one_clear_line(tiny_world, tmp_path, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_checks_and_writes_nothing(trained, tiny_world, tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(trained / "model.safetensors"), *_folders(tiny_world),
                           "--dry-run", f"evaluate.results_dir={tmp_path / 'out'}"]) == 0

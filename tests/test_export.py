@@ -64,6 +64,7 @@ def exported(tiny_world, tmp_path_factory):
     return model, checkpoint, onnx_file
 
 
+@pytest.mark.slow
 def test_onnx_interface_and_checker(exported):
     model, _, onnx_file = exported
     interface = export.check_onnx(onnx_file)  # runs onnx.checker
@@ -74,6 +75,7 @@ def test_onnx_interface_and_checker(exported):
     assert props["embedding_dim"] == "32" and props["color_order"] == "RGB"
 
 
+@pytest.mark.slow
 def test_onnxruntime_matches_pytorch_on_random_and_real_images(exported, tiny_world):
     model, _, onnx_file = exported
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
@@ -89,6 +91,7 @@ def test_onnxruntime_matches_pytorch_on_random_and_real_images(exported, tiny_wo
         assert np.abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_without_force(exported, tiny_world):
     _, checkpoint, onnx_file = exported
     before = onnx_file.read_bytes()
@@ -105,6 +108,7 @@ def test_refuses_to_overwrite_without_force(exported, tiny_world):
     assert snippet.is_file()
 
 
+@pytest.mark.slow
 def test_deepstream_snippet(exported):
     _, _, onnx_file = exported
     text = export.snippet_path(onnx_file).read_text()
@@ -120,6 +124,7 @@ def test_deepstream_snippet(exported):
     assert "differs per channel" in uneven["warning"]
 
 
+@pytest.mark.slow
 def test_fp16_export_and_force(tiny_world, tmp_path, exported, capsys):
     _, checkpoint, fp32_file = exported
     out = tmp_path / "reid16.onnx"

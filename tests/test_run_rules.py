@@ -35,6 +35,7 @@ def _pt(world, results, *extra):
             "knn_eval.dataset_dir=null", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["finetune", "pretrain"])
 def test_a_used_results_folder_is_never_mixed(stage, tiny_world, tmp_path, capsys):
     run, args = (finetune_run, _ft) if stage == "finetune" else (pretrain_run, _pt)
@@ -56,6 +57,7 @@ def test_a_used_results_folder_is_never_mixed(stage, tiny_world, tmp_path, capsy
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_model_settings_and_a_finished_run_does_nothing(tiny_world, tmp_path, capsys):
     results = tmp_path / "r"
     assert finetune_run.main(_ft(tiny_world, results)) == 0
@@ -67,6 +69,7 @@ def test_resume_refuses_changed_model_settings_and_a_finished_run_does_nothing(t
     assert (results / "train/config.yaml").read_text() == config
 
 
+@pytest.mark.slow
 def test_pretrain_resume_needs_a_checkpoint_and_keeps_its_schedule(tiny_world, tmp_path):
     with pytest.raises(SystemExit, match="--resume: no checkpoint found in"):
         pretrain_run.main([*_pt(tiny_world, tmp_path / "none"), "--resume"])

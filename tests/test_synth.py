@@ -158,6 +158,7 @@ def test_color_histogram_features_are_unit_length(small_world):
     assert np.allclose(np.diag(color_histogram.cosine_distance(features, features)), 0.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_baseline_is_informative_but_far_from_perfect(tmp_path, capsys):
     from soliderkit.reid.datasets import parse_market1501
 
