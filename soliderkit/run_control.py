@@ -244,6 +244,7 @@ def save_state_atomically(accelerator: Accelerator, final: Path, extra_files: di
         previous = find_latest_checkpoint(final.parent)
         raise SystemExit(f"could not write checkpoint {final} ({exc}); nothing was replaced"
                          + (f": the newest complete checkpoint is {previous}" if previous else "")) from None
+    if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
         partial.rename(final)
