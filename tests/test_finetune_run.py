@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from script_loader import load_script
+from soliderkit.finetune import losses as losses_module
 
 from soliderkit.finetune.model import load_reid_model
 
@@ -87,7 +88,7 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_final_weights(tiny_world, 
 
     # A real SIGTERM during the third batch of epoch 1: checkpoint after that step, exit 0.
     calls = {"n": 0}
-    original = run.id_loss
+    original = losses_module.id_loss
 
     def loss_then_signal(*args, **kwargs):
         calls["n"] += 1
@@ -96,9 +97,9 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_final_weights(tiny_world, 
         return original(*args, **kwargs)
 
     cut = tmp_path / "cut"
-    monkeypatch.setattr(run, "id_loss", loss_then_signal)
+    monkeypatch.setattr(losses_module, "id_loss", loss_then_signal)
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, cut)]) == 0
-    monkeypatch.setattr(run, "id_loss", original)
+    monkeypatch.setattr(losses_module, "id_loss", original)
     [saved] = _checkpoints(cut)
     progress = json.loads((saved / "progress.json").read_text())
     assert (progress["step"], progress["epoch"], progress["batch"], progress["epoch_end"]) == (3, 0, 3, False)
@@ -115,7 +116,7 @@ def test_sigterm_mid_epoch_then_resume_gives_the_same_final_weights(tiny_world, 
 
 
 def test_non_finite_losses_are_skipped_then_abort(tiny_world, tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "id_loss", lambda logits, pids, smoothing: logits.sum() * float("nan"))
+    monkeypatch.setattr(losses_module, "id_loss", lambda logits, pids, smoothing: logits.sum() * float("nan"))
     with pytest.raises(SystemExit, match=r"not finite for 2 step\(s\) in a row.*max_nan_steps=1"):
         run.main(["--config", CONFIG, *_overrides(tiny_world, tmp_path / "nan", "train.max_nan_steps=1")])
     assert not (tmp_path / "nan/train/checkpoints").exists() or not _checkpoints(tmp_path / "nan")
