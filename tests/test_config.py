@@ -526,3 +526,15 @@ def test_cli_helpers(tmp_path):
     assert "train.sed" in str(e.value.code) and "train.seed" in str(e.value.code)
     with pytest.raises(SystemExit):
         parser.parse_args([])  # --config is required
+
+
+def test_query_and_test_folder_lists_pair_up():
+    from soliderkit.config import ConfigError, config_from_dict
+    from soliderkit.finetune.config import FinetuneConfig
+
+    cfg = config_from_dict(FinetuneConfig, {"dataset": {"query_dataset_dir": ["a/q", "b/q"],
+                                                        "test_dataset_dir": ["a/g", "b/g"]}}, "test")
+    assert cfg.dataset.query_dataset_dir == ["a/q", "b/q"]
+    with pytest.raises(ConfigError, match="pair up in order.*2 query and 1 test"):
+        config_from_dict(FinetuneConfig, {"dataset": {"query_dataset_dir": ["a/q", "b/q"],
+                                                      "test_dataset_dir": "a/g"}}, "test")

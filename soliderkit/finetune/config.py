@@ -176,8 +176,10 @@ class DatasetConfig:
 
     # training images; EXTENSION: a list of folders trains on their union (identities kept apart)
     train_dataset_dir: str | list[str] | None = option(None)
-    test_dataset_dir: str | None = option(None)  # gallery images for validation
-    query_dataset_dir: str | None = option(None)  # query images for validation
+    # gallery / query images for validation; lists of the same length pair query i with
+    # gallery i (several test sets at once, e.g. the card's Market-1501 + AI City test rows)
+    test_dataset_dir: str | list[str] | None = option(None)
+    query_dataset_dir: str | list[str] | None = option(None)
     # classifier size for evaluate/inference/export models (training counts its identities itself)
     num_classes: int = option(751)
     batch_size: int = option(64)  # training images per step, summed over all processes (TAO semantics)
@@ -217,6 +219,11 @@ class DatasetConfig:
             require(_in_unit(getattr(self, key)), key, "must be a probability in [0, 1]")
         if isinstance(self.train_dataset_dir, list):
             require(len(self.train_dataset_dir) > 0, "train_dataset_dir", "an empty list names no data")
+        if isinstance(self.query_dataset_dir, list) or isinstance(self.test_dataset_dir, list):
+            lengths = [len(d) if isinstance(d, list) else 1 for d in (self.query_dataset_dir, self.test_dataset_dir)]
+            require(lengths[0] == lengths[1] and lengths[0] > 0, "query_dataset_dir",
+                    f"query and test folder lists pair up in order: give as many of each (got {lengths[0]} "
+                    f"query and {lengths[1]} test)", "test_dataset_dir")
 
 
 @dataclass
