@@ -55,6 +55,7 @@ def test_evaluates_a_trained_model_like_training_does(trained, tiny_world, tmp_p
     assert "| ranking   |     mAP |  rank-1 |  rank-5 | rank-10 |    mINP |" in printed
     assert "| plain     |" in printed and "| re-ranked |" in printed
 
+    out = out / tiny_world.name  # one folder per evaluated target, named from the data
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"model", "checkpoint", "mAP", "rank1", "rank5", "rank10", "mINP", "cmc",
                             "num_valid_queries", "re_ranked"}
@@ -80,6 +81,7 @@ def test_flip_and_a_checkpoint_folder(trained, tiny_world, tmp_path):
                           "--seed", "5", "dataset.num_workers=0", f"evaluate.results_dir={out}",
                           f"evaluate.output_cmc_curve_plot={tmp_path / 'plots/cmc.png'}",
                           f"evaluate.output_sampled_matches_plot={tmp_path / 'plots/grid.png'}"]) == 0
+    out = out / tiny_world.name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["flip"] is True and "re_ranked" not in metrics
     assert _png(tmp_path / "plots/cmc.png")[0] == "PNG"
@@ -91,6 +93,7 @@ def test_flip_and_a_checkpoint_folder(trained, tiny_world, tmp_path):
 def test_color_histogram_needs_no_checkpoint_or_config(tiny_world, tmp_path, capsys):
     out = tmp_path / "hist"
     assert evaluate.main(["--model", "color-histogram", *_folders(tiny_world), f"evaluate.results_dir={out}"]) == 0
+    out = out / tiny_world.name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["model"] == "color-histogram" and metrics["checkpoint"] is None
     assert metrics["metric"] == "cosine" and "re_ranked" not in metrics
@@ -105,6 +108,7 @@ def test_re_ranking_from_the_config_and_no_grid(tiny_world, tmp_path, capsys):
     out = tmp_path / "rr"
     assert evaluate.main(["--model", "color-histogram", *_folders(tiny_world), "re_ranking.re_ranking=true",
                           *RE_RANKING, "--num-samples", "0", f"evaluate.results_dir={out}"]) == 0
+    out = out / tiny_world.name
     assert "re_ranked" in json.loads((out / "metrics.json").read_text())
     assert "| re-ranked |" in capsys.readouterr().out
     assert (out / "cmc_curve.png").is_file() and not (out / "sampled_matches.png").exists()
@@ -144,15 +148,17 @@ def test_ranked_gallery_leaves_out_the_query_identity_from_the_query_camera():
 
 def test_grid_frames_true_matches_green_and_false_ones_red(tiny_world):
     gallery = read_market_folder(tiny_world / "bounding_box_test", "t")
-    query = gallery[0]
-    ranked = [g for g in gallery if g.pid == query.pid][1:3] + [g for g in gallery if g.pid != query.pid][:4]
+    query = next(g for g in gallery if g.pid > 0)
+    others = [g for g in gallery if g.pid not in (query.pid, 0)]
+    ranked = [g for g in gallery if g.pid == query.pid][1:3] + others[:4]
     expected = [TRUE_MATCH_COLOR] * 2 + [FALSE_MATCH_COLOR] * 4
     assert match_colors(query, ranked) == expected
     figure = ranked_grid_figure([query, query], [ranked, ranked[::-1]], "test", top_k=10)
     frames = [ax.spines["top"].get_edgecolor() for ax in figure.axes]
     assert frames == [to_rgba(c) for c in [QUERY_COLOR, *expected, QUERY_COLOR, *expected[::-1]]]
     assert [ax.get_xlabel() for ax in figure.axes[:3]] == [
-        f"query c{query.camid + 1}", f"c{ranked[0].camid + 1}", f"c{ranked[1].camid + 1}"]
+        f"query\nid {query.pid} · c{query.camid + 1}", f"id {ranked[0].pid} · c{ranked[0].camid + 1}",
+        f"id {ranked[1].pid} · c{ranked[1].camid + 1}"]
 
 
 def test_sampled_queries_are_seeded_and_have_a_true_match():

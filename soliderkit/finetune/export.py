@@ -1,12 +1,16 @@
 """Export a fine-tuned ReID model to ONNX, check it, and write a DeepStream NvDCF ReID snippet.
 
-    python finetune/export.py --config configs/finetune/market1501_swin_tiny.yaml \
-        --checkpoint results/finetune/market1501_swin_tiny/train/model.safetensors \
-        [--onnx-file model.onnx] [--fp16] [--force] [key=value ...]
+    python finetune/export.py --checkpoint results/finetune/market1501_swin_tiny/train/model.safetensors \
+        [--config configs/finetune/market1501_swin_tiny.yaml] [--onnx-file model.onnx] [--fp16] [--force] \
+        [key=value ...]
+
+The toolkit's own checkpoints record their model and preprocessing, so the config is optional
+for them (the input size, pixel mean / std of the graph and the DeepStream snippet come from
+the checkpoint); SOLIDER-REID / TAO checkpoints need it (``model`` and ``dataset`` sections).
 
 The TAO ``export`` section is read as TAO reads it (``checkpoint``, ``onnx_file``,
 ``results_dir``, ``gpu_id``); the command-line flags override it. The graph is
-``input`` (B x 3 x H x W float32, RGB, normalised with ``dataset.pixel_mean/std``; B dynamic)
+``input`` (B x 3 x H x W float32, RGB, normalised with the checkpoint's pixel mean / std; B dynamic)
 -> ``fc_pred`` (B x D float32: the eval-mode embedding, i.e. the BNNeck output when
 ``model.neck_feat: after``), opset 17 or later. Test-time flip averaging
 (``model.with_flip_feature``) is an evaluation option and is not baked into the graph.
@@ -38,10 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.config import add_config_args, parse_config_from_args
 from soliderkit.finetune.config import FinetuneConfig
 from soliderkit.io import atomic_path, atomic_write_text
-from soliderkit.reid.transforms import test_transform
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "fc_pred"  # TAO's ReIdentificationNet output name, which DeepStream samples expect
@@ -158,7 +162,7 @@ def deepstream_preprocessing(mean: Sequence[float], std: Sequence[float]) -> dic
     out = {"offsets": [255.0 * float(m) for m in mean], "net_scale_factor": 1.0 / (255.0 * std_mean),
            "max_relative_scale_error": max(errors), "warning": None}
     if max(errors) > 1e-6:
-        out["warning"] = (f"dataset.pixel_std {list(std)} differs per channel; DeepStream has one scale factor, "
+        out["warning"] = (f"pixel std {list(std)} differs per channel; DeepStream has one scale factor, "
                           f"so the mean std {std_mean:.6g} is used: channel inputs are off by up to "
                           f"{100 * max(errors):.2f}% in scale")
     return out
@@ -213,7 +217,7 @@ def snippet_path(onnx_file: Path) -> Path:
     return onnx_file.with_name(onnx_file.stem + "_nvdcf_reid.yml")
 
 
-def _real_images(folder: str | None, size: tuple[int, int], mean, std, count: int = 8) -> torch.Tensor | None:
+def _real_images(folder: str | None, transform, count: int = 8) -> torch.Tensor | None:
     if folder is None or not Path(folder).is_dir():
         return None
     from PIL import Image
@@ -221,7 +225,6 @@ def _real_images(folder: str | None, size: tuple[int, int], mean, std, count: in
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[:count]
     if not files:
         return None
-    transform = test_transform(size, mean, std)
     images = []
     for f in files:
         with Image.open(f) as image:
@@ -232,15 +235,23 @@ def _real_images(folder: str | None, size: tuple[int, int], mean, std, count: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--checkpoint", help="fine-tuned model (toolkit .safetensors, SOLIDER-REID or TAO .pth); "
-                                             "overrides export.checkpoint")
-    parser.add_argument("--onnx-file", help="output .onnx path; overrides export.onnx_file")
+    parser = add_config_args(
+        argparse.ArgumentParser(prog="python finetune/export.py", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter),
+        config_required=False,
+        config_help="TAO experiment spec (optional for the toolkit's own checkpoints, which record their model "
+                    "and preprocessing; needed for SOLIDER-REID / TAO checkpoints; default: none)")
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="fine-tuned model: the toolkit's model.safetensors (or its folder), SOLIDER-REID or "
+                             "TAO .pth (these need --config); default: export.checkpoint")
+    parser.add_argument("--onnx-file", metavar="PATH",
+                        help="output .onnx path (default: export.onnx_file, else <results_dir>/export/model.onnx)")
     parser.add_argument("--fp16", action="store_true", help="half-precision weights and arithmetic in the graph")
     parser.add_argument("--force", action="store_true", help="overwrite an existing ONNX file / config snippet")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
     parser.add_argument("--verify-images", metavar="DIR",
-                        help="folder of real images for the parity check (default: the query folder)")
+                        help="folder of real images for the parity check (default: the config's query folder, "
+                             "if any)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity check")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load a checkpoint whose keys do not all match (missing/unexpected keys are listed)")
@@ -262,18 +273,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"would export {checkpoint} -> {onnx_file} (+ {snippet.name})")
         return 0
 
-    from soliderkit.finetune.model import load_reid_model_for_cli  # after argument checks: imports timm
+    from soliderkit.finetune.extractor import config_given, load_for_cli  # after argument checks: imports timm
 
-    model, model_cfg, info = load_reid_model_for_cli(checkpoint, cfg.model, allow_partial=args.allow_partial,
-                                                     config_key="export.checkpoint")
-    size = (model_cfg.input_height, model_cfg.input_width)
-    mean, std = cfg.dataset.pixel_mean, cfg.dataset.pixel_std
+    loaded = load_for_cli(checkpoint, cfg, config_given=config_given(args),
+                          allow_partial=args.allow_partial, config_key="export.checkpoint")
+    model, model_cfg, pre = loaded.model, loaded.model_config, loaded.preprocessing
+    size, mean, std = pre.input_size, list(pre.pixel_mean), list(pre.pixel_std)
+    print(f"exporting {loaded.checkpoint.name}: {pre.describe()} (flip averaging is not part of the graph)")
     device = torch.device(f"cuda:{cfg.export.gpu_id}" if torch.cuda.is_available() else "cpu")
     metadata = {"producer": "solider-reid-toolkit finetune/export.py", "checkpoint": str(checkpoint),
                 "backbone": model_cfg.backbone, "embedding_dim": model.embedding_dim,
                 "input_size": json.dumps(list(size)), "pixel_mean": json.dumps(list(mean)),
                 "pixel_std": json.dumps(list(std)), "color_order": "RGB", "neck_feat": model_cfg.neck_feat,
-                "semantic_weight": model_cfg.semantic_weight, "fp16": json.dumps(args.fp16)}
+                "semantic_weight": model_cfg.semantic_weight, "fp16": json.dumps(args.fp16),
+                "interpolation": pre.interpolation}
 
     with atomic_path(onnx_file) as tmp:
         export_onnx(model, tmp, input_size=size, opset=args.opset, fp16=args.fp16, device=device,
@@ -285,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             generator = torch.Generator().manual_seed(0)
             batches = {f"random batch {b}": torch.randn(b, 3, *size, generator=generator) for b in (1, 8)}
             real = _real_images(args.verify_images or cfg.inference.query_dataset or cfg.dataset.query_dataset_dir,
-                                size, mean, std)
+                                pre.transform())
             if real is not None:
                 batches.update({"real batch 1": real[:1], "real batch 8": real})
             results = compare_with_pytorch(tmp, model, batches)

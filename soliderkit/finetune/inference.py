@@ -1,13 +1,17 @@
 """Embeddings of a dataset split or of any image folder: TAO-style JSON, .npy + index, or Parquet.
 
+    python finetune/inference.py --checkpoint results/finetune/x/train/model.safetensors --image-dir DIR \
+        [--output-file F] [--format json|npy|parquet] [--batch-size N] [--device cpu|cuda]
     python finetune/inference.py --config configs/finetune/market1501_swin_tiny.yaml \
         --checkpoint results/finetune/market1501_swin_tiny/train/model.safetensors \
-        [--image-dir DIR ...] [--split all|query|gallery] [--output-file F] [--format json|npy|parquet] \
-        [--batch-size N] [--device cpu|cuda] [key=value ...]
+        [--image-dir DIR ...] [--split all|query|gallery] [key=value ...]
 
-Reads the TAO ``inference`` section (``checkpoint``, ``results_dir``, ``output_file``,
-``query_dataset``, ``test_dataset``; unset folders fall back to ``dataset.query_dataset_dir`` /
-``test_dataset_dir``). Without ``--image-dir`` the query and then the gallery folder are
+The toolkit's own checkpoints record their model and preprocessing (input size, pixel mean / std,
+resize filter, flip averaging), so ``--checkpoint`` and ``--image-dir`` are enough; SOLIDER-REID /
+TAO checkpoints are rebuilt from the config's ``model`` section, with the ``dataset`` section's
+mean / std (``soliderkit.finetune.extractor.load_for_embedding``). Reads the TAO ``inference``
+section (``checkpoint``, ``results_dir``, ``output_file``, ``query_dataset``, ``test_dataset``; unset
+folders fall back to ``dataset.query_dataset_dir`` / ``test_dataset_dir``). Without ``--image-dir`` the query and then the gallery folder are
 embedded, as TAO does; ``--split`` picks one. Every image file (.jpg, .jpeg, .png) under each
 folder is embedded, in sorted path order, whatever its name (junk and distractor images
 included): the output has exactly one entry per image, and the tool checks that it does.
@@ -21,8 +25,8 @@ Output (``--format``, else the extension of the output file; default JSON):
 * ``.parquet``: columns ``img_path`` (string) and ``embedding`` (fixed-size list of float32),
   one row group per batch.
 
-The embedding is the model's eval-mode output (``model.neck_feat``; the flip average when
-``model.with_flip_feature``), not L2-normalised.
+The embedding is the model's eval-mode output (``model.neck_feat``; the flip average when the
+checkpoint's preprocessing says so, ``model.with_flip_feature`` at training), not L2-normalised.
 """
 from __future__ import annotations
 
@@ -34,12 +38,19 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.config import add_config_args, parse_config_from_args
 from soliderkit.finetune.config import FinetuneConfig
 from soliderkit.io import atomic_path, atomic_write_json
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 FORMATS = {".json": "json", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
+CONFIG_HELP = ("TAO experiment spec (optional for the toolkit's own checkpoints, which record their model and "
+               "preprocessing; needed for SOLIDER-REID / TAO checkpoints and for the dataset folders; default: none)")
+EPILOG = ("examples:\n"
+          "  python finetune/inference.py --checkpoint results/finetune/x/train/model.safetensors "
+          "--image-dir crops/ --output-file emb.npy\n"
+          "  python finetune/inference.py --config configs/finetune/market1501_swin_tiny.yaml --checkpoint M.pth")
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -141,38 +152,36 @@ def _write_parquet(tmp: Path, chunks) -> int:
     return count
 
 
-def embed_images(model, paths: Sequence[str], *, size: tuple[int, int], mean, std, batch_size: int, device,
-                 flip: bool = False, num_workers: int = 0, progress: bool = True
-                 ) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Yield (paths, float32 embeddings) one batch at a time, in the order of ``paths``."""
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+def embed_images(model, paths: Sequence[str], preprocessing, *, batch_size: int, device, num_workers: int = 0,
+                 progress: bool = True) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Yield (paths, float32 embeddings) one batch at a time, in the order of ``paths``, with
+    ``preprocessing`` (a ``soliderkit.reid.embedding.Preprocessing``: size, mean, std, resize
+    filter, flip); ``model`` is moved to ``device``."""
+    from soliderkit.reid.embedding import ImageInputs, iter_embeddings
 
-    from soliderkit.reid.datasets import ImageRecord
-    from soliderkit.reid.evaluation import flip_averaged_embedding
-    from soliderkit.reid.transforms import ImageDataset, collate, test_transform
-
-    records = [ImageRecord(p, -1, -1, "inference") for p in paths]
-    loader = DataLoader(ImageDataset(records, test_transform(size, mean, std)), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, collate_fn=collate)
     model.eval().to(device)
-    with torch.no_grad():
-        for images, _, _, indices in tqdm(loader, desc="embeddings", unit="batch", disable=not progress):
-            images = images.to(device)
-            embedding = flip_averaged_embedding(model, images) if flip else model(images)
-            yield [paths[i] for i in indices.tolist()], embedding.float().cpu().numpy()
+    batches = iter_embeddings(model, ImageInputs(paths, preprocessing.transform()), batch_size=batch_size,
+                              device=device, flip=preprocessing.flip, num_workers=num_workers, progress=progress)
+    for indices, embedding in batches:
+        yield [paths[i] for i in indices.tolist()], embedding.numpy()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_config_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    parser.add_argument("--checkpoint", help="fine-tuned model (toolkit .safetensors, SOLIDER-REID or TAO .pth); "
-                                             "overrides inference.checkpoint")
+    parser = add_config_args(
+        argparse.ArgumentParser(prog="python finetune/inference.py", description=__doc__.splitlines()[0],
+                                epilog=EPILOG, formatter_class=HelpFormatter),
+        config_required=False, config_help=CONFIG_HELP)
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="fine-tuned model: the toolkit's model.safetensors (or its folder), SOLIDER-REID or "
+                             "TAO .pth (these need --config); default: inference.checkpoint")
     parser.add_argument("--image-dir", action="append", metavar="DIR",
-                        help="embed every image under DIR instead of the dataset split (repeatable)")
+                        help="embed every image under DIR instead of the dataset split (repeatable; default: "
+                             "the query / gallery folders of the config)")
     parser.add_argument("--split", choices=["all", "query", "gallery"], default="all",
-                        help="dataset split(s) to embed when no --image-dir is given (default: query + gallery)")
-    parser.add_argument("--output-file", help="overrides inference.output_file")
+                        help="dataset split(s) to embed when no --image-dir is given (default: all = query + gallery)")
+    parser.add_argument("--output-file", metavar="PATH",
+                        help="embeddings file (default: inference.output_file, else "
+                             "<results_dir>/inference/embeddings.<format>)")
     parser.add_argument("--format", choices=["json", "npy", "parquet"],
                         help="output format (default: from the output file's extension, else json)")
     parser.add_argument("--batch-size", type=int, help="images per forward (default: dataset.val_batch_size)")
@@ -198,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             raise SystemExit(f"config error: no {' / '.join(missing)} folder: set inference.query_dataset / "
                              "inference.test_dataset (or dataset.*_dataset_dir), or pass --image-dir")
-        folders = [folder for _, folder in wanted]
+        folders = [f for _, folder in wanted for f in (folder if isinstance(folder, list) else [folder])]
     out_dir = Path(cfg.inference.results_dir or Path(cfg.results_dir) / "inference")
     default_name = f"embeddings.{args.format or 'json'}"
     output = Path(args.output_file or cfg.inference.output_file or out_dir / default_name)
@@ -213,15 +222,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from soliderkit.finetune.model import load_reid_model_for_cli
+    from soliderkit.finetune.extractor import config_given, load_for_cli
 
-    model, model_cfg, info = load_reid_model_for_cli(checkpoint, cfg.model, allow_partial=args.allow_partial,
-                                                     config_key="inference.checkpoint")
+    loaded = load_for_cli(checkpoint, cfg, config_given=config_given(args),
+                          allow_partial=args.allow_partial, config_key="inference.checkpoint")
+    model = loaded.model
+    print(f"embedding with {loaded.checkpoint.name}: {loaded.preprocessing.describe()}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    chunks = embed_images(model, paths, size=(model_cfg.input_height, model_cfg.input_width),
-                          mean=cfg.dataset.pixel_mean, std=cfg.dataset.pixel_std,
+    chunks = embed_images(model, paths, loaded.preprocessing,
                           batch_size=args.batch_size or cfg.dataset.val_batch_size, device=device,
-                          flip=model_cfg.with_flip_feature,
                           num_workers=cfg.dataset.num_workers if args.num_workers is None else args.num_workers,
                           progress=not args.no_progress)
     count = write_embeddings(output, fmt, chunks, total=len(paths))
