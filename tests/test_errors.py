@@ -73,6 +73,7 @@ def test_finetune_bad_input_is_one_clear_error_and_writes_nothing(case, tiny_wor
     assert not (broken / "r").exists()
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_listed_or_left_out(tiny_world, tmp_path, capsys):
     world = _copy_world(tiny_world, tmp_path / "world")
     corrupt = sorted((world / "bounding_box_train").glob("*.jpg"))[3]
@@ -99,6 +100,7 @@ def test_pretrain_folder_with_a_corrupt_image(tiny_world, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_world, tmp_path, monkeypatch):
     results = tmp_path / "r"
     original = Accelerator.save_state
@@ -122,6 +124,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tiny_world, tmp_path, 
     assert len(folders) == 1 and folders[0].startswith("step_")  # the first survives, no partial folder left
 
 
+@pytest.mark.slow
 def test_a_script_error_is_one_line_without_traceback(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "finetune/run.py"), "--config", FT_CONFIG,
                            f"dataset.train_dataset_dir={tmp_path / 'missing'}", f"results_dir={tmp_path / 'r'}"],
