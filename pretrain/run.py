@@ -66,7 +66,7 @@ from soliderkit.config import (
 from soliderkit.io import atomic_path
 from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
-from soliderkit.pretrain.knn import knn_reid, load_query_gallery
+from soliderkit.pretrain.knn import knn_preprocessing, knn_reid, load_query_gallery
 from soliderkit.pretrain.multicrop import MultiCropAugmentation
 from soliderkit.pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
 from soliderkit.reid.image_check import find_unreadable, report_unreadable
@@ -474,7 +474,9 @@ def save_outputs(acc: Accelerator, t: Trainer, out_dir: Path, progress: Progress
     if acc.is_main_process:
         info = {"pretrain_step": progress.step, "pretrain_epoch": progress.epoch,
                 "semantic": t.cfg.semantic.enabled}
-        save_backbone(t.teacher.backbone, out_dir / "backbone.safetensors", **info)
+        # + what the kNN monitor feeds it (size, mean / std, λ), so pretrain/knn.py reproduces its numbers
+        save_backbone(t.teacher.backbone, out_dir / "backbone.safetensors", **info,
+                      preprocessing=knn_preprocessing(t.cfg))
         save_head(t.teacher, t.dino_loss, out_dir / "dino_head.safetensors", **info)
 
 
