@@ -54,6 +54,7 @@ from soliderkit.run_control import (
     resolve_resume,
     rng_neutral,
     save_checkpoint,
+    use_the_cpu_cores,
 )
 
 
@@ -171,6 +172,9 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
     )
     main_process = accelerator.is_main_process
+    threads = use_the_cpu_cores(accelerator)  # accelerate launch would leave a CPU run on one thread
+    if threads and accelerator.is_main_process:
+        print(f"CPU run: {threads} torch threads per process (accelerate launch was given no thread count)")
     if cfg.train.seed >= 0:
         set_seed(cfg.train.seed)
 

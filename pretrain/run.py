@@ -6,7 +6,7 @@ One iteration, in the order of DINO's ``main_dino.py`` with SOLIDER's additions
 (``main_solider.py``): set LR / weight decay from the per-iteration schedules; draw λ per
 image; teacher pass on the two global views (at each image's λ for the DINO targets and, with
 ``semantic.enabled``, at λ = 1 for the stage-4 tokens that are clustered into background /
-body parts); copy the global views with one random part per view blacked out; student pass
+body parts); copy the global views with one part blacked out (``semantic.mask_part``); student pass
 on all views plus the masked copies; DINO loss + λ-weighted part-classification loss; skip
 the step if the loss is not finite; backward, per-parameter gradient clipping, last layer
 frozen during the first epoch(s), AdamW step; teacher EMA from the unwrapped student; center
@@ -22,14 +22,18 @@ Outputs in ``results_dir``: ``config.yaml``, ``log.jsonl`` (+ TensorBoard), chec
 ``checkpoints/step_NNNNNNNN`` (at epoch ends and on SIGTERM; ``soliderkit.run_control``), and after every
 epoch ``backbone.safetensors`` (teacher backbone incl. the semantic controller: what
 ``finetune/run.py`` loads via ``model.pretrained_model_path``) and ``dino_head.safetensors``
-(teacher head + center: ``model.init_head_from`` of a continuation run).
+(teacher head + center: ``model.init_head_from`` of a continuation run) and
+``student.safetensors`` (student backbone + head: ``model.init_student_from``).
 
-Where SOLIDER is broken this differs on purpose: the part classifier is in the optimizer
-(SOLIDER never updates it); resuming continues the epoch, step and schedules (SOLIDER's
-``--resume`` restarts at epoch 0 with fresh schedules and center); clustering is batched
-in torch on the device (not a per-image scikit-learn loop on the CPU); the blacked-out part
-is drawn per view (SOLIDER draws one part number for the whole batch); an empty semantic
-batch contributes no part loss (SOLIDER then trains every token towards background).
+Each deliberate difference from SOLIDER is a switch whose default is SOLIDER's behaviour
+(docs/REPRODUCTION.md): ``semantic.part_classifier`` (SOLIDER's fixed random cosine head, or a
+trained MLP), ``semantic.mask_part`` (one part per batch, or per view), ``semantic.clustering``
+(per-view scikit-learn, or batched torch on the device), ``optim.decay_position_tables``,
+``model.init_student_from`` / ``model.init_center`` (phase-2 initialisation) and
+``dino.teacher_temp_schedule``. Fixed without a switch: resuming continues the epoch, step and
+schedules (SOLIDER's ``--resume`` restarts at epoch 0 with fresh schedules and center); a batch
+without a usable view contributes no part loss (SOLIDER's step fails on it).
+``bench/compare_with_reference.py pretrain`` checks one step against SOLIDER's own code.
 """
 from __future__ import annotations
 
@@ -68,7 +72,15 @@ from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
 from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
 from soliderkit.pretrain.knn import knn_preprocessing, knn_reid, load_query_gallery
 from soliderkit.pretrain.multicrop import MultiCropAugmentation
-from soliderkit.pretrain.semantic import PartClassifier, choose_parts, cluster_parts, mask_parts, part_loss
+from soliderkit.pretrain.semantic import (
+    PartClassifier,
+    PartClustering,
+    choose_parts,
+    cluster_parts,
+    mask_parts,
+    part_loss,
+    sklearn_cluster_parts,
+)
 from soliderkit.reid.image_check import find_unreadable, report_unreadable
 from soliderkit.run_control import (
     NonFiniteGuard,
@@ -81,10 +93,12 @@ from soliderkit.run_control import (
     resolve_resume,
     rng_neutral,
     save_checkpoint,
+    use_the_cpu_cores,
 )
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 HEAD_FORMAT = "solider-reid-toolkit/dino-head"
+STUDENT_FORMAT = "solider-reid-toolkit/dino-student"
 
 
 # ============================================================================== data
@@ -241,8 +255,15 @@ def build_networks(cfg: PretrainConfig, load_init: bool = True) -> tuple[MultiCr
         parts = None
         if with_parts:
             s = cfg.semantic
-            parts = PartClassifier(backbone.num_features, s.num_parts, hidden_dim=s.part_head_hidden_dim,
-                                   nlayers=s.part_head_layers)
+            if s.part_classifier == "solider":
+                # SOLIDER's DINOHead(embed_dim, partnum + 1, nlayers=parthead_nlayers), never in the
+                # optimizer: frozen here (gradients still reach the student through it).
+                parts = DINOHead(backbone.num_features, s.num_parts + 1, hidden_dim=s.part_head_hidden_dim,
+                                 bottleneck_dim=s.part_head_bottleneck_dim, nlayers=s.part_head_layers)
+                parts.requires_grad_(False)
+            else:
+                parts = PartClassifier(backbone.num_features, s.num_parts, hidden_dim=s.part_head_hidden_dim,
+                                       nlayers=s.part_head_layers)
         return MultiCropNetwork(backbone, head, parts)
 
     student = network(m.drop_path_rate, m.grad_checkpointing, cfg.semantic.enabled)
@@ -254,8 +275,10 @@ def build_networks(cfg: PretrainConfig, load_init: bool = True) -> tuple[MultiCr
     return student, teacher
 
 
-def load_head(path: str, student: MultiCropNetwork, teacher: MultiCropNetwork, dino_loss: DINOLoss) -> None:
-    """Start both heads and the center from a previous run's ``dino_head.safetensors``."""
+def load_head(path: str, student: MultiCropNetwork, teacher: MultiCropNetwork, dino_loss: DINOLoss,
+              center: bool = True) -> None:
+    """Start both heads (and, with ``center``, the DINO center) from a previous run's
+    ``dino_head.safetensors``."""
     state, metadata = read_checkpoint(path)
     if metadata.get("format") != HEAD_FORMAT:
         raise SystemExit(f"config error: model.init_head_from={path} is not a dino_head.safetensors "
@@ -266,7 +289,27 @@ def load_head(path: str, student: MultiCropNetwork, teacher: MultiCropNetwork, d
     if state["center"].shape != dino_loss.center.shape:
         raise SystemExit(f"config error: model.init_head_from={path}: its center has shape "
                          f"{tuple(state['center'].shape)}, model.out_dim needs {tuple(dino_loss.center.shape)}")
-    dino_loss.center.copy_(state["center"])
+    if center:
+        dino_loss.center.copy_(state["center"])
+
+
+def load_student(path: str, student: MultiCropNetwork) -> None:
+    """Start the student's backbone and DINO head from a previous run's ``student.safetensors``."""
+    state, metadata = read_checkpoint(path)
+    if metadata.get("format") != STUDENT_FORMAT:
+        raise SystemExit(f"config error: model.init_student_from={path} is not a student.safetensors "
+                         f"written by pretrain/run.py (format {metadata.get('format')!r})")
+    for part in ("backbone", "head"):
+        load_state(getattr(student, part), {k[len(part) + 1:]: v for k, v in state.items()
+                                            if k.startswith(part + ".")}, source=path)
+
+
+def save_student(student: MultiCropNetwork, path: Path, **metadata) -> None:
+    state = {f"{part}.{k}": v.detach().contiguous().cpu() for part in ("backbone", "head")
+             for k, v in getattr(student, part).state_dict().items()}
+    meta = {"format": STUDENT_FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
 
 
 def save_head(teacher: MultiCropNetwork, dino_loss: DINOLoss, path: Path, **metadata) -> None:
@@ -277,9 +320,12 @@ def save_head(teacher: MultiCropNetwork, dino_loss: DINOLoss, path: Path, **meta
         save_file(state, str(tmp), metadata=meta)
 
 
-def param_groups(student: MultiCropNetwork) -> list[dict]:
-    """DINO's two groups: weight decay (scheduled) on weights; none on biases, norms, position tables."""
-    no_decay_tables = {f"backbone.{n}" for n in student.backbone.no_weight_decay()}
+def param_groups(student: MultiCropNetwork, decay_position_tables: bool = True) -> list[dict]:
+    """SOLIDER's / DINO's two groups (``utils.get_params_groups``): scheduled weight decay on every
+    parameter of 2 or more dimensions, none on biases and 1-D parameters. The Swin
+    relative-position tables are 2-D and decay there; ``decay_position_tables=False`` exempts
+    them as Swin's own recipe does. Frozen parameters (SOLIDER's fixed part classifier) are left out."""
+    no_decay_tables = set() if decay_position_tables else {f"backbone.{n}" for n in student.backbone.no_weight_decay()}
     decay, no_decay = [], []
     for name, param in student.named_parameters():
         if not param.requires_grad:
@@ -316,9 +362,15 @@ class Schedules:
     def build(cls, cfg: PretrainConfig, iters_per_epoch: int, total_batch: int) -> "Schedules":
         o, d = cfg.optim, cfg.dino
         total = o.epochs * iters_per_epoch
-        warm_temp = min(d.warmup_teacher_temp_epochs * iters_per_epoch, total)
-        temp = np.concatenate([np.linspace(d.warmup_teacher_temp, d.teacher_temp, warm_temp),
-                               np.full(total - warm_temp, d.teacher_temp)])
+        if d.teacher_temp_schedule == "epoch":  # DINO / SOLIDER: one temperature per epoch
+            warm_epochs = d.warmup_teacher_temp_epochs
+            per_epoch = np.concatenate([np.linspace(d.warmup_teacher_temp, d.teacher_temp, warm_epochs),
+                                        np.full(o.epochs - warm_epochs, d.teacher_temp)])
+            temp = np.repeat(per_epoch, iters_per_epoch)[:total]
+        else:
+            warm_temp = min(d.warmup_teacher_temp_epochs * iters_per_epoch, total)
+            temp = np.concatenate([np.linspace(d.warmup_teacher_temp, d.teacher_temp, warm_temp),
+                                   np.full(total - warm_temp, d.teacher_temp)])
         return cls(
             lr=cosine_schedule(o.lr * total_batch / 256.0, o.min_lr, total, o.warmup_epochs * iters_per_epoch),
             weight_decay=cosine_schedule(o.weight_decay, o.weight_decay_end, total),
@@ -384,6 +436,31 @@ def clip_gradients(parameters, clip: float) -> None:
     torch._foreach_mul_(grads, [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms])
 
 
+def draw_lambda(sem, batch: int, device: torch.device) -> torch.Tensor:
+    """λ per image, shared by all its views in student and teacher (SOLIDER's
+    build_onehot_semantic_weight draws 0 or 1 per image); plain DINO runs at λ = 0."""
+    if not sem.enabled:
+        return torch.zeros(batch, device=device)
+    pick = torch.multinomial(torch.tensor(sem.lambda_probs), batch, replacement=True)
+    return torch.tensor(sem.lambda_values)[pick].to(device)
+
+
+def cluster_views(tokens: torch.Tensor, sem) -> PartClustering:
+    """Background / part labels of the teacher's stage-4 tokens (``semantic.clustering``)."""
+    if sem.clustering == "sklearn":
+        return sklearn_cluster_parts(tokens, sem.num_parts, sem.fg_ratio_threshold)
+    return cluster_parts(tokens, sem.num_parts, sem.fg_ratio_threshold, sem.kmeans_iters)
+
+
+def draw_mask_parts(sem, sizes: torch.Tensor) -> torch.Tensor:
+    """The part (1..K) blacked out in each view's masked copy: one for the whole batch
+    (``mask_part=batch``, SOLIDER's random.randint(1, partnum)) or a non-empty one per view."""
+    if sem.mask_part == "view":
+        return choose_parts(sizes)
+    k = int(torch.randint(1, sem.num_parts + 1, (1,)))
+    return torch.full((sizes.shape[0],), k, dtype=torch.long, device=sizes.device)
+
+
 def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResult:
     acc, cfg, sem, sched = t.accelerator, t.cfg, t.cfg.semantic, t.schedules
     device = acc.device
@@ -395,13 +472,7 @@ def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResu
     batch = views[0].shape[0]
     temp = float(sched.teacher_temp[step])
 
-    # λ per image, shared by all its views in student and teacher (SOLIDER's
-    # build_onehot_semantic_weight draws 0 or 1 per image); plain DINO runs at λ = 0.
-    if sem.enabled:
-        pick = torch.multinomial(torch.tensor(sem.lambda_probs), batch, replacement=True)
-        lam = torch.tensor(sem.lambda_values)[pick].to(device)
-    else:
-        lam = torch.zeros(batch, device=device)
+    lam = draw_lambda(sem, batch, device)
     lam_global = lam.repeat(2)
     global_views = torch.cat(views[:2])
 
@@ -412,9 +483,8 @@ def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResu
     stats: dict[str, float] = {}
     masked = masked_lam = None
     if sem.enabled:
-        clusters = cluster_parts(teacher_out.tokens[:2 * batch], sem.num_parts, sem.fg_ratio_threshold,
-                                 sem.kmeans_iters)
-        parts = choose_parts(clusters.sizes)
+        clusters = cluster_views(teacher_out.tokens[:2 * batch], sem)
+        parts = draw_mask_parts(sem, clusters.sizes)
         # Views with λ = 0 would get zero weight in the part loss: their masked copies are not built.
         source = (clusters.valid & (lam_global > 0)).nonzero().squeeze(1)
         masked = mask_parts(global_views[source], clusters.labels[source], parts[source])
@@ -478,6 +548,7 @@ def save_outputs(acc: Accelerator, t: Trainer, out_dir: Path, progress: Progress
         save_backbone(t.teacher.backbone, out_dir / "backbone.safetensors", **info,
                       preprocessing=knn_preprocessing(t.cfg))
         save_head(t.teacher, t.dino_loss, out_dir / "dino_head.safetensors", **info)
+        save_student(acc.unwrap_model(t.student), out_dir / "student.safetensors", **info)
 
 
 def run_knn(t: Trainer, splits) -> dict:
@@ -520,7 +591,8 @@ class LogWindow:
 
 # Settings a resumed run may not change (they change the model, the data or the schedules).
 RESUME_FIXED = ("seed", "model", "data", "dino", "semantic", "optim")
-RESUME_FREE = ("model.init_from", "model.init_head_from", "data.path", "data.num_workers")
+RESUME_FREE = ("model.init_from", "model.init_head_from", "model.init_student_from", "model.init_center",
+               "data.path", "data.num_workers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +620,9 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "tensorboard")),
     )
     main_process, world = accelerator.is_main_process, accelerator.num_processes
+    threads = use_the_cpu_cores(accelerator)  # accelerate launch would leave a CPU run on one thread
+    if threads and accelerator.is_main_process:
+        print(f"CPU run: {threads} torch threads per process (accelerate launch was given no thread count)")
     if main_process:
         on_cpu = accelerator.device.type == "cpu"
         for warning in recipe_warnings(cfg, torch.backends.cpu.get_cpu_capability() if on_cpu else None):
@@ -566,10 +641,12 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     dino_loss = DINOLoss(cfg.model.out_dim, student_temp=cfg.dino.student_temp,
                          center_momentum=cfg.dino.center_momentum)
     if cfg.model.init_head_from is not None and resume_from is None:
-        load_head(cfg.model.init_head_from, student, teacher, dino_loss)
+        load_head(cfg.model.init_head_from, student, teacher, dino_loss, center=cfg.model.init_center == "saved")
+    if cfg.model.init_student_from is not None and resume_from is None:
+        load_student(cfg.model.init_student_from, student)  # SOLIDER's phase 2: the phase-1 student
 
     # ============ optimizer and per-iteration schedules ... ============
-    optimizer = torch.optim.AdamW(param_groups(student))
+    optimizer = torch.optim.AdamW(param_groups(student, cfg.optim.decay_position_tables))
     schedules = Schedules.build(cfg, data.iters_per_epoch, total_batch)
     progress = Progress(data.iters_per_epoch, total_batch)
 

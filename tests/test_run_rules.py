@@ -149,3 +149,15 @@ def test_sigterm_to_a_two_process_launch_is_forwarded_and_waited_for(tiny_world,
     # checkpoint is complete.
     assert _checkpoint_steps(results), output[-3000:]
     assert "SIGTERM: saved" in output
+
+
+def test_accelerate_launch_on_cpu_uses_the_cores(tiny_world, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", str(ROOT / "finetune/run.py"), "--dry-run",
+           *_ft(tiny_world, tmp_path / "r")]
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"CPU run: {os.cpu_count()} torch threads per process" in done.stdout
+    explicit = subprocess.run([*cmd[:3], "--num_cpu_threads_per_process", "1", *cmd[3:]], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert explicit.returncode == 0 and "CPU run:" not in explicit.stdout
