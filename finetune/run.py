@@ -48,7 +48,6 @@ from soliderkit.run_control import (
     NonFiniteGuard,
     StopRequest,
     agree,
-    check_resume_config,
     claim_results_dir,
     load_checkpoint,
     resolve_resume,
@@ -224,12 +223,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     checkpoint_dir = out_dir / "checkpoints"
     resume_from = None if args.overwrite else resolve_resume(
         cfg.train.resume_training_checkpoint_path or ("auto" if args.resume else None), checkpoint_dir, required=True)
-    lock = claim_results_dir(accelerator, out_dir, resume=resume_from is not None, overwrite=args.overwrite,
-                             script="finetune/run.py")
-    if lock is not None:
-        cleanup.callback(lock.release)
-    if resume_from is not None:
-        check_resume_config(out_dir, config_to_dict(cfg), RESUME_FIXED, RESUME_FREE, "finetune/run.py")
+    claim_results_dir(accelerator, out_dir, resume_from=resume_from, overwrite=args.overwrite, script="finetune/run.py",
+                      cleanup=cleanup, config=config_to_dict(cfg), fixed=RESUME_FIXED, free=RESUME_FREE)
 
     model, optimizer = accelerator.prepare(model, optimizer)
     center_loss = center_optimizer = None

@@ -86,7 +86,6 @@ from soliderkit.run_control import (
     NonFiniteGuard,
     StopRequest,
     agree,
-    check_resume_config,
     claim_results_dir,
     derive_seed,
     load_checkpoint,
@@ -659,12 +658,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             print(f"# peak lr {schedules.lr.max():.3g} for a total batch of {total_batch}")
         return 0
 
-    lock = claim_results_dir(accelerator, out_dir, resume=resume_from is not None, overwrite=args.overwrite,
-                             script="pretrain/run.py")
-    if lock is not None:
-        cleanup.callback(lock.release)
-    if resume_from is not None:
-        check_resume_config(out_dir, config_to_dict(cfg), RESUME_FIXED, RESUME_FREE, "pretrain/run.py")
+    claim_results_dir(accelerator, out_dir, resume_from=resume_from, overwrite=args.overwrite, script="pretrain/run.py",
+                      cleanup=cleanup, config=config_to_dict(cfg), fixed=RESUME_FIXED, free=RESUME_FREE)
 
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)

@@ -7,9 +7,9 @@
 - :class:`NonFiniteGuard`: counts skipped steps in a row and aborts with advice after N.
 - Checkpoints are ``checkpoints/step_NNNNNNNN/`` folders: the accelerate state plus our own
   state as safetensors + JSON (never pickle) and ``progress.json`` (our counters), all written
-  before the folder is renamed into place, so a folder with ``progress.json`` is complete. The newest is found by the step recorded
-  there, never by sorting names; :func:`save_checkpoint` keeps the last N plus the ones taken at
-  the end of every K-th epoch.
+  before the folder is renamed into place, so a folder with ``progress.json`` is complete. The
+  newest is found by the step recorded there, never by sorting names; :func:`save_checkpoint`
+  keeps the last N plus the ones taken at the end of every K-th epoch.
 - :func:`derive_seed` / :func:`rng_neutral`: random draws that depend only on (seed, position),
   so a run stopped and resumed mid-epoch draws what an uninterrupted one draws.
 - :func:`claim_results_dir`: a results folder belongs to one run. A new run into a folder
@@ -384,11 +384,21 @@ def holds_run(folder: Path) -> list[str]:
     return [name for name in RUN_MARKERS if (Path(folder) / name).exists()]
 
 
-def claim_results_dir(accelerator: Accelerator, folder: Path, *, resume: bool, overwrite: bool,
-                      script: str) -> ResultsLock | None:
+def claim_results_dir(accelerator: Accelerator, folder: Path, *, resume_from: Path | None, overwrite: bool,
+                      script: str, cleanup: contextlib.ExitStack, config: dict, fixed: tuple[str, ...],
+                      free: tuple[str, ...]) -> None:
     """Make ``folder`` this run's: refuse to mix runs, move an old run aside with ``overwrite``,
-    and lock it (main process). Every process returns or exits together."""
-    folder = Path(folder)
+    lock it (main process; released by ``cleanup``) and, when resuming, refuse settings in
+    ``config`` that differ from the run's under the ``fixed`` prefixes (see
+    :func:`check_resume_config`). Every process returns or exits together."""
+    lock = _claim(accelerator, Path(folder), resume=resume_from is not None, overwrite=overwrite, script=script)
+    if lock is not None:
+        cleanup.callback(lock.release)
+    if resume_from is not None:
+        check_resume_config(folder, config, fixed, free, script)
+
+
+def _claim(accelerator: Accelerator, folder: Path, *, resume: bool, overwrite: bool, script: str) -> ResultsLock | None:
     message, lock = "", None
     if accelerator.is_main_process:
         found = holds_run(folder)
