@@ -49,6 +49,7 @@ from soliderkit.run_control import (
     StopRequest,
     agree,
     claim_results_dir,
+    describe_outputs,
     load_checkpoint,
     resolve_resume,
     rng_neutral,
@@ -308,6 +309,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                     saved = checkpoint()
                     accelerator.print(f"SIGTERM: saved {saved} at step {progress.step} (epoch {epoch + 1}, "
                                       f"batch {progress.batch}); exiting")
+                    accelerator.print(describe_outputs(out_dir, "model.safetensors"))
                     accelerator.end_training()
                     return 0
             bar.close()
@@ -340,6 +342,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                 with open(log_path, "a", encoding="utf-8") as log:
                     log.write(json.dumps(record) + "\n")
 
+    accelerator.print(describe_outputs(out_dir, "model.safetensors"))
     accelerator.end_training()
     return 0
 

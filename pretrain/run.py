@@ -87,6 +87,7 @@ from soliderkit.run_control import (
     StopRequest,
     agree,
     claim_results_dir,
+    describe_outputs,
     derive_seed,
     load_checkpoint,
     resolve_resume,
@@ -751,6 +752,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                     bar.close()
                     saved = checkpoint()
                     accelerator.print(f"SIGTERM: saved {saved} at step {progress.step}; exiting")
+                    accelerator.print(describe_outputs(out_dir, "backbone.safetensors"))
                     accelerator.end_training()
                     return 0
             bar.close()
@@ -761,7 +763,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             save_outputs(accelerator, trainer, out_dir, progress)
 
     if main_process:
-        print(f"done: {progress.step} steps; teacher backbone in {out_dir / 'backbone.safetensors'}")
+        print(f"done: {progress.step} steps")
+        print(describe_outputs(out_dir, "backbone.safetensors"))
     accelerator.end_training()
     return 0
 

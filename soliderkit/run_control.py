@@ -467,3 +467,17 @@ def check_resume_config(folder: Path, current: dict, fixed: tuple[str, ...], fre
         raise SystemExit(f"{script}: --resume with settings that change the model, data or schedules of the run "
                          f"in {folder}: {'; '.join(conflicts)}. Resume with the saved values ({path}), or start a "
                          "new run (another results_dir, or --overwrite) initialised from this run's weights")
+
+
+def describe_outputs(folder: Path, final_model: str) -> str:
+    """Where a finished (or stopped) run put its outputs, one line per item that exists."""
+    folder = Path(folder)
+    items = [(final_model, "the final model"), ("metrics.json", "validation metrics (percent)"),
+             ("config.yaml", "the resolved config"), ("log.jsonl", "per-step / per-epoch log"),
+             ("tensorboard", "TensorBoard events")]
+    lines = [f"outputs in {folder}:"]
+    lines += [f"  {name:<26} {what}" for name, what in items if (folder / name).exists()]
+    latest = find_latest_checkpoint(folder / "checkpoints")
+    if latest is not None:
+        lines.append(f"  {'checkpoints/' + latest.name:<26} newest checkpoint (--resume continues from it)")
+    return "\n".join(lines)

@@ -141,3 +141,14 @@ def test_checkpoints_hold_no_pickle_and_a_planted_one_never_runs(tmp_path):
     with pytest.raises(RuntimeError, match="unpickled"):
         load_checkpoint(accelerator, saved)
     assert not marker.exists()
+
+
+def test_describe_outputs_names_what_exists(tmp_path):
+    from soliderkit.run_control import describe_outputs
+
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "log.jsonl").write_text("{}\n")
+    _fake_checkpoint(tmp_path / "checkpoints", "step_00000042", step=42, epoch=1)
+    text = describe_outputs(tmp_path, "model.safetensors")
+    assert "model.safetensors" in text and "the final model" in text and "log.jsonl" in text
+    assert "checkpoints/step_00000042" in text and "metrics.json" not in text
