@@ -61,6 +61,7 @@ from PIL import Image, UnidentifiedImageError
 # webdataset (and torch, which it pulls in) again.
 from webdataset import TarWriter
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.data.sources import ImageSource, SourceError, SourceItem, close_lmdb_environments
 from soliderkit.io import atomic_path, atomic_write_json, atomic_write_text
 
@@ -480,7 +481,7 @@ def _run_tasks(tasks: list, workers: int):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python data_shards/build_shards.py",
+        prog="python data_shards/build_shards.py", formatter_class=HelpFormatter,
         description="Pack person crops into WebDataset tar shards (resumable; see the module docstring).")
     parser.add_argument("src", metavar="SRC", help="image folder (any depth; Market-1501 names keep pid/camera), "
                         "text file list, or LMDB database of encoded images")

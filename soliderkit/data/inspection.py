@@ -31,6 +31,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.data.stream import IMAGE_FIELDS, INFO_NAME, iter_tar_samples
 
 __all__ = ["InspectError", "InspectReport", "ShardCheck", "inspect_shards", "main"]
@@ -241,7 +242,7 @@ def inspect_shards(out_dir: str | os.PathLike, *, decode: int = 4, workers: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python data_shards/inspect_shards.py",
+    parser = argparse.ArgumentParser(prog="python data_shards/inspect_shards.py", formatter_class=HelpFormatter,
                                      description="Validate WebDataset shards against _info.json and print statistics.")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="a folder written by python data_shards/build_shards.py")
     parser.add_argument("--decode", type=int, default=4, help="images decoded per shard (default %(default)s)")

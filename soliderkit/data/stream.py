@@ -94,6 +94,8 @@ from webdataset import ResampledShards
 from webdataset.filters import shuffle as wds_shuffle
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from soliderkit.cli import HelpFormatter
+
 __all__ = [
     "IMAGE_FIELDS",
     "ShardInfo",
@@ -667,19 +669,21 @@ def sample_keys(shards: str | os.PathLike | list[ShardInfo], *, rank: int = 0, w
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python data_shards/stream_shards.py",
-                                     description="Write the sample keys one rank would read (check sharding).")
+                                     description="Write the sample keys one rank would read (check sharding).",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("shards", metavar="OUT_DIR", help="a build's output folder (or a shard pattern)")
-    parser.add_argument("--rank", type=int, default=0)
-    parser.add_argument("--world-size", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=0, help="the rank whose share is read")
+    parser.add_argument("--world-size", type=int, default=1, help="number of ranks the shards are split over")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per rank (default 0)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--start-epoch", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs to read")
+    parser.add_argument("--start-epoch", type=int, default=0, help="first epoch (the shuffle depends on it)")
     parser.add_argument("--resampled", action="store_true", help="resampled (training) mode")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per batch")
     parser.add_argument("--batches-per-epoch", type=int, default=None,
                         help="fixed batches per rank and epoch (default: one pass)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER)
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed")
+    parser.add_argument("--shuffle-buffer", type=int, default=DEFAULT_SHUFFLE_BUFFER,
+                        help="samples held in the shuffle buffer")
     parser.add_argument("--dump-keys", required=True, metavar="FILE", help="where to write the keys ('-': stdout)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

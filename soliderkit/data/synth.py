@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.io import atomic_write_json
 
 IMAGE_HEIGHT, IMAGE_WIDTH = 128, 64
@@ -1014,7 +1015,7 @@ def generate_world(out_dir: str | os.PathLike, identities: int = 200, cameras: i
 def build_parser() -> argparse.ArgumentParser:
     defaults = WorldConfig()
     parser = argparse.ArgumentParser(
-        prog="python data_shards/synth.py",
+        prog="python data_shards/synth.py", formatter_class=HelpFormatter,
         description="Draw a synthetic person-ReID world in the Market-1501 layout "
                     "(bounding_box_train, bounding_box_test, query, unlabeled, world.json).")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (must be empty unless --overwrite)")

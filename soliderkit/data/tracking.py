@@ -103,6 +103,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.io import atomic_write_json, atomic_write_text
 
 __all__ = [
@@ -1045,6 +1046,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn tracking ground truth (MOTChallenge sequences, AI City Challenge 2023 Track 1 "
                     "scenes) into Market-1501-named ReID crops (train / query / gallery) or unlabeled "
                     "crops for pretraining.",
+        formatter_class=HelpFormatter,
         epilog="SOURCE: a MOTChallenge sequence folder (seqinfo.ini, img1/ or a video, gt/gt.txt), an AI City "
                "2023 scene folder (c0NN/video.mp4 + c0NN/label.txt), or a folder of either; prefix real: or "
                "synthetic: to set its flag (default: MOTChallenge real, AI City synthetic except S001).")
@@ -1073,7 +1075,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="share of identities held out for query / gallery; 0 = all train, 1 = all "
                             "query / gallery, e.g. to split by scene over two runs (default %(default)s)")
     group.add_argument("--test-identities", type=int, default=None,
-                       help="hold out exactly N identities instead (e.g. 50 as the model card's AI City test)")
+                       help="hold out exactly N identities instead (e.g. 50 as the model card's AI City test; "
+                            "default: none, --test-fraction decides)")
     group.add_argument("--queries-per-camera", type=int, default=p.queries_per_camera,
                        help="query crops per test identity and camera (default %(default)s)")
     group.add_argument("--gap-frames", type=int, default=p.gap_frames,
@@ -1088,7 +1091,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="camera streams converted in parallel (default %(default)s)")
     group.add_argument("--shards", metavar="DIR", default=None,
                        help="then build WebDataset shards for pretraining into DIR from unlabeled/ "
-                            "(--layout unlabeled) or bounding_box_train/")
+                            "(--layout unlabeled) or bounding_box_train/ (default: no shards)")
     group.add_argument("--overwrite", action="store_true", help="replace an existing OUT_DIR")
     group.add_argument("--dry-run", action="store_true", help="plan and print the summary; write nothing")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.data.synth import camera_backdrop, camera_rig, identity_person, person_sprite
 
 __all__ = ["GtRow", "TrackingScene", "render_tracking_scene", "write_aicity_scene", "write_mot_sequence",
@@ -206,15 +207,17 @@ def write_aicity_scene(scene: TrackingScene, folder, *, container: str = "mp4") 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write a procedural multi-camera tracking scene "
-                                                 "(MOTChallenge sequences and an AI City 2023 scene).")
-    parser.add_argument("out_dir")
-    parser.add_argument("--cameras", type=int, default=2)
-    parser.add_argument("--identities", type=int, default=6)
-    parser.add_argument("--frames", type=int, default=24)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m soliderkit.data.tracking_synth",
+                                     description="Write a procedural multi-camera tracking scene "
+                                                 "(MOTChallenge sequences and an AI City 2023 scene).",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("out_dir", help="folder to write mot/ and aicity/ into")
+    parser.add_argument("--cameras", type=int, default=2, help="cameras filming the scene")
+    parser.add_argument("--identities", type=int, default=6, help="people walking through it")
+    parser.add_argument("--frames", type=int, default=24, help="frames per camera")
+    parser.add_argument("--width", type=int, default=320, help="frame width in pixels")
+    parser.add_argument("--height", type=int, default=240, help="frame height in pixels")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed")
     args = parser.parse_args(argv)
     scene = render_tracking_scene(args.cameras, args.identities, args.frames, args.width, args.height, args.seed)
     out = Path(args.out_dir)

@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.reid.datasets import parse_market1501
 from soliderkit.reid.metrics import RankingResult, evaluate_ranking
 
@@ -110,7 +111,7 @@ def format_table(result: RankingResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m soliderkit.reid.color_histogram",
+        prog="python -m soliderkit.reid.color_histogram", formatter_class=HelpFormatter,
         description="Colour-histogram baseline (HSV stripes, cosine distance) on a Market-1501-layout folder.")
     parser.add_argument("data_root", metavar="DATA_ROOT", help="folder with query/ and bounding_box_test/")
     parser.add_argument("--max-rank", type=int, default=10, help="longest CMC rank computed (default %(default)s)")

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from soliderkit.cli import HelpFormatter
 from soliderkit.reid.color_histogram import evaluate_color_histogram
 
 COLUMNS = ("mAP", "rank1", "rank5", "rank10", "mINP")
@@ -28,7 +29,8 @@ def format_rows(rows: list[tuple[str, dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m soliderkit.reid.compare", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("data_root", help="Market-1501-layout folder (query/, bounding_box_test/)")
     parser.add_argument("runs", nargs="*", metavar="NAME=METRICS_JSON", help="trained runs to list")
     args = parser.parse_args(argv)
