@@ -177,10 +177,12 @@ def iter_embeddings(model: torch.nn.Module, dataset: Dataset, *, batch_size: int
 
     ``dataset`` items are (image tensor, pid, camid, index), as ``ImageDataset`` and
     :class:`ImageInputs` give them. ``model`` must already be on ``device``; it runs in eval
-    mode and is put back in its previous mode afterwards.
+    mode and is put back in its previous mode afterwards. ``num_workers`` is capped at the number
+    of CPUs and of batches.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate)
+    # More loading processes than CPUs only adds start-up time (TAO's default is 8 per process).
+    workers = max(0, min(num_workers, -(-len(dataset) // batch_size), os.cpu_count() or 1))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
     was_training = model.training
     model.eval()
     try:
