@@ -171,11 +171,14 @@ def test_dino_loss_matches_the_pairwise_definition_and_center_ema():
 
 # --- one step ---------------------------------------------------------------------------------
 
-def test_one_step_updates_student_part_classifier_and_teacher_by_ema(tiny_world, tmp_path):
+@pytest.mark.parametrize("part_classifier", ["solider", "trained"])
+def test_one_step_updates_student_part_classifier_and_teacher_by_ema(tiny_world, tmp_path, part_classifier):
     cfg = load_config(PretrainConfig, CONFIG, _overrides(tiny_world, tmp_path, "semantic.lambda_values=[1.0]",
                                                          "semantic.lambda_probs=[1.0]", "semantic.fg_ratio_threshold=0.0",
                                                          "optim.weight_decay=0.0", "optim.weight_decay_end=0.0",
-                                                         "optim.warmup_epochs=0"), warn_no_effect=False)
+                                                         "optim.warmup_epochs=0",
+                                                         f"semantic.part_classifier={part_classifier}"),
+                      warn_no_effect=False)
     accelerator = Accelerator(cpu=True)
     torch.manual_seed(0)
     student, teacher = run.build_networks(cfg)
@@ -195,7 +198,11 @@ def test_one_step_updates_student_part_classifier_and_teacher_by_ema(tiny_world,
 
     after_s = plain.state_dict()
     changed = lambda prefix: any(not torch.equal(before_s[k], after_s[k]) for k in after_s if k.startswith(prefix))  # noqa: E731
-    assert changed("backbone.") and changed("head.mlp.") and changed("part_classifier.")
+    assert changed("backbone.") and changed("head.mlp.")
+    # SOLIDER's part classifier is a fixed random cosine head (never in its optimizer); "trained" learns
+    assert changed("part_classifier.") == (part_classifier == "trained")
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert all((id(p) in in_optimizer) == (part_classifier == "trained") for p in plain.part_classifier.parameters())
     assert changed("backbone.controller.")
     assert not changed("head.last_layer.")  # frozen during the first epoch
     m = schedules.momentum[0]

@@ -32,18 +32,29 @@ class ModelConfig:
     # phase-1 DINO run's backbone.safetensors for SOLIDER's continuation; null = random init.
     # A fresh run (new schedules, step 0), unlike train.resume (SOLIDER: init_model)
     init_from: str | None = option(None)
-    # start the DINO heads and the center from a previous run's dino_head.safetensors (phase 1
-    # of the two-phase recipe); null = fresh head and zero center
+    # start the DINO heads from a previous run's dino_head.safetensors (phase 1 of the two-phase
+    # recipe); null = fresh heads. The center comes with it only when model.init_center=saved
     init_head_from: str | None = option(None)
+    # start the student (backbone + DINO head) from a previous run's student.safetensors, while the
+    # teacher starts from init_from / init_head_from. The reference: SOLIDER's resume_solider.sh
+    # (main_solider.py, utils.restart_from_checkpoint) loads the phase-1 *student* into the student
+    # and the phase-1 teacher into the teacher. null = the student starts as a copy of the teacher
+    init_student_from: str | None = option(None)
+    # DINO center at the start of a run given init_head_from: "zero" is the reference (SOLIDER's
+    # restart_from_checkpoint does not restore dino_loss, so phase 2 starts with center 0);
+    # "saved" = the center saved with init_head_from's head
+    init_center: Literal["zero", "saved"] = option("zero")
 
     def validate(self) -> None:
         require(0 <= self.drop_path_rate < 1, "drop_path_rate", "must be in [0, 1)")
-        for key in ("init_from", "init_head_from"):
+        for key in ("init_from", "init_head_from", "init_student_from"):
             path = getattr(self, key)
             require(path is None or path.endswith(".safetensors"), key,
                     "must name a .safetensors file written by pretrain/run.py (or null)")
         for key in ("out_dim", "head_hidden_dim", "bottleneck_dim"):
             require(getattr(self, key) >= 1, key, "must be >= 1")
+        require(self.init_student_from is None or self.init_from is not None, "init_student_from",
+                "needs model.init_from (the teacher's backbone of the same run)", "init_from")
 
 
 @dataclass
@@ -119,6 +130,10 @@ class DinoConfig:
     teacher_temp: float = option(0.04)  # teacher temperature after warm-up
     warmup_teacher_temp_epochs: int = option(0)  # epochs of linear teacher-temperature warm-up
     student_temp: float = option(0.1)  # student softmax temperature
+    # how the teacher-temperature warm-up advances: "epoch" is the reference (DINO / SOLIDER
+    # DINOLoss.teacher_temp_schedule, one value per epoch); "iteration" = a linear ramp per step.
+    # No effect when warmup_teacher_temp_epochs is 0 or both temperatures are equal
+    teacher_temp_schedule: Literal["epoch", "iteration"] = option("epoch")
     center_momentum: float = option(0.9)  # EMA momentum of the teacher-output center
 
     def validate(self) -> None:
@@ -143,7 +158,23 @@ class SemanticConfig:
     num_parts: int = option(3)  # body-part clusters per image (SOLIDER: partnum)
     part_head_layers: int = option(3)  # linear layers of the part classifier (SOLIDER: parthead_nlayers)
     part_head_hidden_dim: int = option(2048)  # width of the part classifier's hidden layers
-    # Lloyd iterations of the batched k-means (2-means on token norms, k-means on foreground)
+    # the part classifier: "solider" is the reference (main_solider.py: DINOHead(embed_dim,
+    # partnum + 1, nlayers=parthead_nlayers) -- MLP, L2-normalised bottleneck, weight-normalised
+    # last layer with fixed norm, so its logits are cosines -- built but never put in the optimizer:
+    # a fixed random head the student learns to satisfy); "trained" = a plain GELU MLP trained
+    # with the student (this toolkit's earlier behaviour)
+    part_classifier: Literal["solider", "trained"] = option("solider")
+    part_head_bottleneck_dim: int = option(256)  # part_classifier=solider: DINOHead bottleneck width
+    # which part is blacked out in the masked copies: "batch" is the reference (main_solider.py:
+    # one k = random.randint(1, partnum) for the whole batch); "view" = one non-empty part drawn
+    # per view
+    mask_part: Literal["batch", "view"] = option("batch")
+    # how tokens are clustered: "sklearn" is the reference (utils.get_mask: per view on the CPU,
+    # KMeans(2) on token norms then KMeans(partnum) on the foreground, scikit-learn with
+    # random_state=0); "batched" = this toolkit's exact 2-means + Lloyd k-means for the whole batch
+    # in torch on the training device (bench/bench_clustering.py: 25x faster at batch 96)
+    clustering: Literal["sklearn", "batched"] = option("sklearn")
+    # clustering=batched: Lloyd iterations of the k-means on the foreground tokens
     kmeans_iters: int = option(10)
     # images whose foreground covers at most this fraction of tokens are left out of the part loss
     fg_ratio_threshold: float = option(0.5)
@@ -161,6 +192,7 @@ class SemanticConfig:
         require(self.num_parts >= 1, "num_parts", "must be >= 1")
         require(self.part_head_layers >= 1, "part_head_layers", "must be >= 1")
         require(self.part_head_hidden_dim >= 1, "part_head_hidden_dim", "must be >= 1")
+        require(self.part_head_bottleneck_dim >= 1, "part_head_bottleneck_dim", "must be >= 1")
         require(self.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
         require(0 <= self.fg_ratio_threshold < 1, "fg_ratio_threshold", "must be in [0, 1)")
         require(self.loss_weight >= 0, "loss_weight", "must be >= 0")
@@ -177,6 +209,10 @@ class OptimConfig:
     weight_decay_end: float = option(0.4)  # final weight decay
     clip_grad: float = option(3.0)  # per-parameter gradient-norm clip; 0 disables
     freeze_last_layer: int = option(1)  # epochs during which the DINO head's last layer is not updated
+    # weight-decay the Swin relative-position bias tables? true is the reference (SOLIDER's and
+    # DINO's utils.get_params_groups exempt only biases and 1-D parameters, so the 2-D tables
+    # decay); false exempts them too, as Swin's own training recipe does (no_weight_decay_keywords)
+    decay_position_tables: bool = option(True)
     epochs: int = option(100)  # training epochs
 
     def validate(self) -> None:

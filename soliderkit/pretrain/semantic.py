@@ -31,7 +31,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 __all__ = ["PartClassifier", "PartClustering", "choose_parts", "cluster_parts", "foreground_split",
-           "kmeans", "kmeans_gram", "mask_parts", "part_loss", "sklearn_part_labels"]
+           "kmeans", "kmeans_gram", "mask_parts", "part_loss", "sklearn_cluster_parts", "sklearn_part_labels"]
 
 
 class PartClustering(NamedTuple):
@@ -227,6 +227,54 @@ def part_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
         accuracy = correct.sum().float() / counted.sum().clamp_min(1) if counted.any() \
             else torch.tensor(float("nan"), device=logits.device)
     return loss, accuracy
+
+
+def sklearn_cluster_parts(feature_map: torch.Tensor, num_parts: int = 3,
+                          fg_threshold: float = 0.5) -> PartClustering:
+    """SOLIDER's own clustering (``utils.get_mask``), view by view with scikit-learn on the CPU.
+
+    The reference behaviour (``semantic.clustering: sklearn``), step for step so the labels are
+    the same: per view, ``KMeans(2, random_state=0)`` on the token norms, the cluster with the
+    larger centre is the person; a view is used only when more than ``fg_threshold`` of its tokens
+    are foreground; ``KMeans(num_parts, random_state=0)`` on the foreground features; parts
+    renumbered 1..K by the mean row of their tokens (``np.argsort`` of the means, as SOLIDER).
+    scikit-learn's default ``n_init`` is kept, as SOLIDER calls it. Returns the same
+    ``PartClustering`` as :func:`cluster_parts`, on the input's device.
+    """
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    n, c, h, w = feature_map.shape
+    maps = feature_map.detach().float().cpu().numpy()
+    labels = np.zeros((n, h * w), dtype=np.int64)
+    valid = np.zeros(n, dtype=bool)
+    fg_ratio = np.zeros(n, dtype=np.float64)
+    rows = np.arange(h * w) // w
+    for i in range(n):
+        x = maps[i].reshape(c, h * w).T
+        split = KMeans(n_clusters=2, random_state=0).fit(np.linalg.norm(x, axis=1, keepdims=True))
+        person = 0 if split.cluster_centers_[0][0] > split.cluster_centers_[1][0] else 1
+        fg = split.labels_ == person
+        fg_ratio[i] = fg.mean()
+        # SOLIDER's KMeans(partnum) would fail on fewer foreground tokens than parts; such a
+        # view (possible only on tiny maps) is left out instead.
+        if fg.sum() <= fg_threshold * h * w or fg.sum() < num_parts:
+            continue
+        valid[i] = True
+        parts = KMeans(n_clusters=num_parts, random_state=0).fit(x[fg]).labels_ + 1
+        mean_rows = np.hstack([rows[fg][parts == k].mean() for k in range(1, num_parts + 1)])
+        order = np.argsort(mean_rows) + 1  # order[j] = the cluster that becomes part j + 1
+        view = np.zeros(h * w, dtype=np.int64)
+        view[fg] = parts
+        renumbered = np.zeros_like(view)
+        for j in range(num_parts):
+            renumbered[view == order[j]] = j + 1
+        labels[i] = renumbered
+    device = feature_map.device
+    labels_t = torch.from_numpy(labels).to(device)
+    sizes = F.one_hot(labels_t, num_parts + 1).sum(1)
+    return PartClustering(labels_t.view(n, h, w), torch.from_numpy(valid).to(device),
+                          torch.from_numpy(fg_ratio).float().to(device), sizes)
 
 
 def sklearn_part_labels(feature_map: torch.Tensor, num_parts: int = 3,
