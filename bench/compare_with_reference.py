@@ -866,7 +866,7 @@ def label_stability(tokens: torch.Tensor, sem, clusters, trials: int = 3) -> flo
 
 def run_pretrain(args) -> tuple[bool, str, dict]:
     height, width = args.height or 256, args.width or 128
-    cfg = pretrain_config(args.arch, height=height, width=width, batch=args.batch or 4,
+    cfg = pretrain_config(args.arch, height=height, width=width, batch=args.batch or 8,
                           local_crops=args.local_crops, out_dim=args.out_dim, extra=args.ours)
     sem = cfg.semantic
     print(f"pretrain step (main_solider.py train_one_epoch, one batch): {args.arch}, global {height}x{width}, "
@@ -989,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=None, help="input height (default: the preset's)")
     parser.add_argument("--width", type=int, default=None, help="input width (default: the preset's)")
     parser.add_argument("--batch", type=int, default=None,
-                        help="images per step (fine-tune default: the preset's 64; pretrain: 4)")
+                        help="images per step (fine-tune default: the preset's 64; pretrain: 8)")
     parser.add_argument("--instances", type=int, default=None, help="fine-tune: images per identity (default 4)")
     parser.add_argument("--num-classes", type=int, default=751, help="fine-tune: classifier size (Market: 751)")
     parser.add_argument("--epoch", type=int, default=21,
