@@ -20,7 +20,7 @@ from soliderkit.finetune.model import build_reid_model
 
 MODELS = {
     "pico 128x64 (configs/finetune/synthetic_tiny.yaml)": ("swin_pico_patch4_window7", 128, 64, 64),
-    "Swin-T 256x128 (configs/finetune/market1501_swin_tiny.yaml)": ("swin_tiny_patch4_window7_224", 256, 128, 256),
+    "Swin-T 256x128 (configs/finetune/card_market1501_swin_tiny.yaml)": ("swin_tiny_patch4_window7_224", 256, 128, 256),
 }
 
 

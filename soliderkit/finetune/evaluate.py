@@ -73,7 +73,7 @@ EPILOG = """examples:
   python finetune/evaluate.py --checkpoint results/finetune/x/train/model.safetensors --target data/synthetic
   python finetune/evaluate.py --checkpoint M --target market=/data/market1501 --target msmt17=/data/MSMT17_V1
   python finetune/evaluate.py --checkpoint M --target mine=crops/query,crops/gallery --re-ranking
-  python finetune/evaluate.py --config configs/finetune/market1501_swin_tiny.yaml --checkpoint M.pth   # SOLIDER-REID / TAO
+  python finetune/evaluate.py --config configs/finetune/solider_reid_market1501_swin_tiny.yaml --checkpoint M.pth   # SOLIDER-REID (TAO: card_market1501_swin_tiny.yaml)
 """
 
 

@@ -1,7 +1,7 @@
 """Export a fine-tuned ReID model to ONNX, check it, and write a DeepStream NvDCF ReID snippet.
 
-    python finetune/export.py --checkpoint results/finetune/market1501_swin_tiny/train/model.safetensors \
-        [--config configs/finetune/market1501_swin_tiny.yaml] [--onnx-file model.onnx] [--fp16] [--force] \
+    python finetune/export.py --checkpoint results/finetune/card_market1501_swin_tiny/train/model.safetensors \
+        [--config configs/finetune/card_market1501_swin_tiny.yaml] [--onnx-file model.onnx] [--fp16] [--force] \
         [key=value ...]
 
 The toolkit's own checkpoints record their model and preprocessing, so the config is optional

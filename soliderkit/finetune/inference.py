@@ -2,8 +2,8 @@
 
     python finetune/inference.py --checkpoint results/finetune/x/train/model.safetensors --image-dir DIR \
         [--output-file F] [--format json|npy|parquet] [--batch-size N] [--device cpu|cuda]
-    python finetune/inference.py --config configs/finetune/market1501_swin_tiny.yaml \
-        --checkpoint results/finetune/market1501_swin_tiny/train/model.safetensors \
+    python finetune/inference.py --config configs/finetune/card_market1501_swin_tiny.yaml \
+        --checkpoint results/finetune/card_market1501_swin_tiny/train/model.safetensors \
         [--image-dir DIR ...] [--split all|query|gallery] [key=value ...]
 
 The toolkit's own checkpoints record their model and preprocessing (input size, pixel mean / std,
@@ -50,7 +50,7 @@ CONFIG_HELP = ("TAO experiment spec (optional for the toolkit's own checkpoints,
 EPILOG = ("examples:\n"
           "  python finetune/inference.py --checkpoint results/finetune/x/train/model.safetensors "
           "--image-dir crops/ --output-file emb.npy\n"
-          "  python finetune/inference.py --config configs/finetune/market1501_swin_tiny.yaml --checkpoint M.pth")
+          "  python finetune/inference.py --config configs/finetune/card_market1501_swin_tiny.yaml --checkpoint M.pth")
 
 
 def list_images(folder: str | Path) -> list[str]:
