@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from script_loader import load_script
+
 from soliderkit.cli import HelpFormatter, help_problems
 from soliderkit.config import config_to_dict, format_config, load_config
 from soliderkit.finetune import trackers

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-
 from script_loader import load_script
+from test_adapters import _foreign_reid_state
+
 from soliderkit.backbone import CheckpointError
 from soliderkit.finetune import FeatureExtractor, export, inference
 from soliderkit.finetune.config import DatasetConfig, ModelConfig
@@ -20,7 +21,6 @@ from soliderkit.finetune.extractor import load_for_embedding
 from soliderkit.finetune.model import build_reid_model, preprocessing_for, save_reid_model
 from soliderkit.reid.embedding import Preprocessing, load_image
 from soliderkit.reid.transforms import test_transform as eval_transform
-from test_adapters import _foreign_reid_state
 
 ROOT = Path(__file__).resolve().parents[1]
 PICO = "swin_pico_patch4_window7"

@@ -12,8 +12,16 @@ from soliderkit.finetune import match
 from soliderkit.finetune.config import ModelConfig
 from soliderkit.finetune.model import build_reid_model, preprocessing_for, save_reid_model
 from soliderkit.reid.datasets import ImageRecord
-from soliderkit.reid.plots import (DISTRACTOR_COLOR, FALSE_MATCH_COLOR, JUNK_COLOR, QUERY_COLOR, TRUE_MATCH_COLOR,
-                                   UNKNOWN_COLOR, match_kind, ranked_grid_figure)
+from soliderkit.reid.plots import (
+    DISTRACTOR_COLOR,
+    FALSE_MATCH_COLOR,
+    JUNK_COLOR,
+    QUERY_COLOR,
+    TRUE_MATCH_COLOR,
+    UNKNOWN_COLOR,
+    match_kind,
+    ranked_grid_figure,
+)
 
 ROW = re.compile(r"^\s+(\d+)\s+([0-9.]+)\s+(-?\d+|\?)\s+(\S.*)$")
 

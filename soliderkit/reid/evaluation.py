@@ -17,7 +17,6 @@ from soliderkit.reid.metrics import (
 from soliderkit.reid.reranking import iter_re_ranking_from_features
 from soliderkit.reid.transforms import ImageDataset, test_transform
 
-
 __all__ = ["flip_averaged_embedding", "extract_embeddings", "evaluate_query_gallery", "evaluate_features",
            "ranked_gallery"]
 
