@@ -223,15 +223,3 @@ def load_reid_model(path, model_config: ModelConfig | None = None, *, allow_part
     info = {"format": fmt, "num_classes": str(num_classes), "embedding_dim": str(model.embedding_dim),
             "load_report": report.summary()}
     return model.eval(), model_config, info
-
-
-def load_reid_model_for_cli(checkpoint, model_config: ModelConfig, *, allow_partial: bool, config_key: str):
-    """:func:`load_reid_model` for the command-line tools: a bad checkpoint exits with one line
-    naming ``config_key``; a partial load prints its key report."""
-    try:
-        model, model_cfg, info = load_reid_model(checkpoint, model_config, allow_partial=allow_partial)
-    except CheckpointError as exc:
-        raise SystemExit(f"{config_key}: {exc}") from None
-    if info.get("load_report"):
-        print(f"loaded {info['load_report']}")
-    return model, model_cfg, info
