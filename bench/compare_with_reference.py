@@ -458,6 +458,8 @@ def _reference_finetune(reference_dir: Path, arch: str, cfg, num_classes: int, s
         margin = None if rcfg.MODEL.NO_MARGIN else rcfg.SOLVER.MARGIN
         id_term = rcfg.MODEL.ID_LOSS_WEIGHT * F.cross_entropy(score, pids)
         tri_term = rcfg.MODEL.TRIPLET_LOSS_WEIGHT * triplet_module.TripletLoss(margin)(feat, pids)[0]
+        if abs((id_term + tri_term).item() - loss.item()) > 1e-6 * max(1.0, abs(loss.item())):
+            raise SystemExit("the reference's loss is not ID + triplet: this comparison does not cover its config")
         loss.backward()
         names = {id(p): n for n, p in model.named_parameters()}
         lr_wd = {names[id(p)]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
