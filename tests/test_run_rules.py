@@ -151,6 +151,7 @@ def test_sigterm_to_a_two_process_launch_is_forwarded_and_waited_for(tiny_world,
     assert "SIGTERM: saved" in output
 
 
+@pytest.mark.slow
 def test_accelerate_launch_on_cpu_uses_the_cores(tiny_world, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", str(ROOT / "finetune/run.py"), "--dry-run",
