@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -50,3 +51,40 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(target: str | os.PathLike, obj: Any, indent: int = 2) -> None:
     atomic_write_text(target, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def move_aside(path: str | os.PathLike) -> Path:
+    """Rename ``path`` (a file or folder) to ``<name>.replaced-<time>`` beside it: what
+    ``--overwrite`` does, so a replaced result is never lost."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.replaced-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+    path.rename(aside)
+    return aside
+
+
+def refuse_or_move_aside(paths: list[Path], overwrite: bool, tool: str) -> list[Path]:
+    """Existing ``paths`` stop ``tool`` (naming them and the flag) unless ``overwrite``, when each is
+    moved aside; returns where they went."""
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing and not overwrite:
+        names = ", ".join(str(p) for p in existing)
+        raise SystemExit(f"{tool}: {names} already exist(s); pass --overwrite to replace (the old one is moved "
+                         "aside, not deleted), or choose another output")
+    return [move_aside(p) for p in existing]
+
+
+def check_writable(folder: str | os.PathLike, tool: str) -> None:
+    """Fail early, in one line, when ``folder`` cannot be created or written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SystemExit(f"{tool}: cannot write to {folder}: {exc.strerror or exc}") from None

@@ -29,13 +29,14 @@ import random
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+
+from soliderkit.io import move_aside
 
 PROGRESS_FILE = "progress.json"
 
@@ -407,10 +408,9 @@ def _claim(accelerator: Accelerator, folder: Path, *, resume: bool, overwrite: b
                        "or start over with --overwrite (the old run is moved aside, not deleted), or choose "
                        "another results_dir")
         elif found and overwrite and not resume:
-            aside = folder.with_name(f"{folder.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
             try:
                 ResultsLock(folder, script).release()  # never move a folder another run is writing to
-                folder.rename(aside)
+                aside = move_aside(folder)
                 print(f"--overwrite: moved the previous run to {aside}")
             except SystemExit as exc:
                 message = str(exc)

@@ -90,9 +90,13 @@ def test_tao_evaluate_section_and_config_targets(tiny_world, second, tmp_path):
     assert (tmp_path / "plots/cmc.png").is_file() and (tmp_path / "plots/grid.png").is_file()  # one target: as named
     assert (out / tiny_world.name / "metrics.json").is_file()
     shutil.rmtree(tmp_path / "plots")
+    # evaluating world0 again stops: its results stay unless --overwrite moves them aside
+    with pytest.raises(SystemExit, match=r"eval/.*already exist\(s\); pass --overwrite"):
+        evaluate.main(["--model", "color-histogram", "--config", str(spec), "--num-samples", "2"])
     # + a target list in the config: the plot files carry the target's name
-    assert evaluate.main(["--model", "color-histogram", "--config", str(spec), "--num-samples", "2",
+    assert evaluate.main(["--model", "color-histogram", "--config", str(spec), "--num-samples", "2", "--overwrite",
                           f'evaluate.targets=["small={second}/probe,{second}/pool"]']) == 0
+    assert len(list(out.glob(f"{tiny_world.name}.replaced-*/metrics.json"))) == 1
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "cmc_small.png", f"cmc_{tiny_world.name}.png", "grid_small.png", f"grid_{tiny_world.name}.png"]
 

@@ -109,3 +109,36 @@ def test_write_embeddings_refuses_a_short_count(tmp_path):
     with pytest.raises(RuntimeError, match="wrote 2 embeddings for 3 images"):
         inference.write_embeddings(tmp_path / "x.json", "json", chunks, total=3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_images_existing_outputs_and_unwritable_folders(tiny_world, tmp_path, checkpoint):
+    path, _ = checkpoint
+    images = tmp_path / "crops"
+    shutil.copytree(tiny_world / "query", images)
+    bad = sorted(images.glob("*.jpg"))[2]
+    bad.write_bytes(b"\x89PNG broken")
+    out = tmp_path / "out/emb.npy"
+    base = ["--checkpoint", str(path), "--no-progress", "--image-dir", str(images), "--output-file", str(out)]
+    with pytest.raises(SystemExit, match=r"(?s)1 unreadable image\(s\).*" + bad.name + ".*pass --skip-unreadable"):
+        inference.main(base)
+    assert not out.exists()
+    assert inference.main([*base, "--skip-unreadable"]) == 0
+    names = json.loads(inference.index_path(out).read_text())["img_path"]
+    assert len(np.load(out)) == len(names) == len(list(images.glob("*.jpg"))) - 1 and str(bad) not in names
+
+    with pytest.raises(SystemExit, match=r"emb.npy.*already exist\(s\); pass --overwrite"):
+        inference.main([*base, "--skip-unreadable"])
+    assert inference.main([*base, "--skip-unreadable", "--overwrite"]) == 0
+    assert len(list(out.parent.glob("emb.npy.replaced-*"))) == 1
+
+    if os.geteuid() != 0:  # root writes anywhere; the check below needs an ordinary user
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        with pytest.raises(SystemExit, match="cannot write to"):
+            inference.main(["--checkpoint", str(path), "--image-dir", str(images), "--skip-unreadable",
+                            "--output-file", str(locked / "e.json")])
+    with pytest.raises(SystemExit, match="cannot write to .*not_a_folder"):  # a file where the folder should be
+        (tmp_path / "not_a_folder").write_text("x")
+        inference.main(["--checkpoint", str(path), "--image-dir", str(images), "--skip-unreadable",
+                        "--output-file", str(tmp_path / "not_a_folder/e.json")])

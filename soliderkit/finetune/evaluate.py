@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from soliderkit.cli import HelpFormatter
 from soliderkit.config import parse_config_from_args, save_resolved_config
 from soliderkit.finetune.config import FinetuneConfig
-from soliderkit.io import atomic_write_json, atomic_write_text
+from soliderkit.io import atomic_write_json, atomic_write_text, check_writable, refuse_or_move_aside
 from soliderkit.reid.color_histogram import color_histogram_features
 from soliderkit.reid.datasets import DISTRACTOR_PID, DatasetError, ImageRecord, parse_msmt17, read_market_folder
 from soliderkit.reid.embedding import Preprocessing
@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--allow-partial", action="store_true",
                         help="load a checkpoint whose keys do not all match (they are listed)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="evaluate again a target that already has results here (the old folder is moved aside)")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config, checkpoint and folders, print what would run, and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -460,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({target.origin}) -> {out_dir / target.name}")
     if args.dry_run:
         return 0
+    tool = "finetune/evaluate.py"
+    check_writable(out_dir, tool)
+    done = [out_dir / t.name for t in targets if (out_dir / t.name / "metrics.json").exists()]
+    for old, aside in zip(done, refuse_or_move_aside(done, args.overwrite, tool)):
+        print(f"--overwrite: moved the earlier evaluation {old} to {aside}")
 
     records = []
     for target in targets:

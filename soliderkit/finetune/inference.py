@@ -41,7 +41,8 @@ import numpy as np
 from soliderkit.cli import HelpFormatter
 from soliderkit.config import add_config_args, parse_config_from_args
 from soliderkit.finetune.config import FinetuneConfig
-from soliderkit.io import atomic_path, atomic_write_json
+from soliderkit.io import atomic_path, atomic_write_json, check_writable, refuse_or_move_aside
+from soliderkit.reid.image_check import find_unreadable, report_unreadable
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 FORMATS = {".json": "json", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
@@ -190,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load a checkpoint whose keys do not all match (missing/unexpected keys are listed)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="leave out (and count) images that cannot be read instead of stopping")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output file (the old one is moved aside, not deleted)")
     args = parser.parse_args(argv)
     cfg = parse_config_from_args(FinetuneConfig, args)
 
@@ -219,6 +224,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"would embed {len(paths)} images from {', '.join(map(str, folders))} with {checkpoint} -> "
               f"{output} ({fmt})")
         return 0
+    tool = "finetune/inference.py"
+    check_writable(output.parent, tool)
+    outputs = [output] + ([index_path(output)] if fmt == "npy" else [])
+    for old, aside in zip([p for p in outputs if p.exists()], refuse_or_move_aside(outputs, args.overwrite, tool)):
+        print(f"--overwrite: moved {old} to {aside}")
+    bad = find_unreadable(paths, progress=not args.no_progress)
+    if bad and not args.skip_unreadable:
+        raise SystemExit(report_unreadable(bad, what=", ".join(map(str, folders)), key="--skip-unreadable")
+                         .replace("set --skip-unreadable=true", "pass --skip-unreadable"))
+    if bad:
+        dropped = {p for p, _ in bad}
+        paths = [p for p in paths if p not in dropped]
+        print(f"warning: left out {len(bad)} unreadable image(s) (--skip-unreadable), e.g. {bad[0][0]}: {bad[0][1]}",
+              file=sys.stderr)
+        if not paths:
+            raise SystemExit(f"{tool}: no readable images left")
 
     import torch
 
