@@ -175,6 +175,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     threads = use_the_cpu_cores(accelerator)  # accelerate launch would leave a CPU run on one thread
     if threads and accelerator.is_main_process:
         print(f"CPU run: {threads} torch threads per process (accelerate launch was given no thread count)")
+    if args.dry_run and main_process:  # first, so a preset's values show even before its data exists
+        print(format_config(cfg), end="")
     if cfg.train.seed >= 0:
         set_seed(cfg.train.seed)
 
@@ -215,7 +217,6 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
 
     if args.dry_run:
         if main_process:
-            print(format_config(cfg), end="")
             params = sum(p.numel() for p in model.parameters())
             print(f"# model: {cfg.model.backbone} + head, {params / 1e6:.2f} M parameters, "
                   f"{num_classes} identities, {len(sampler)} steps per epoch on {world} process(es)")

@@ -623,6 +623,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     threads = use_the_cpu_cores(accelerator)  # accelerate launch would leave a CPU run on one thread
     if threads and accelerator.is_main_process:
         print(f"CPU run: {threads} torch threads per process (accelerate launch was given no thread count)")
+    if args.dry_run and main_process:  # first, so a preset's values show even before its data exists
+        print(format_config(cfg), end="")
     if main_process:
         on_cpu = accelerator.device.type == "cpu"
         for warning in recipe_warnings(cfg, torch.backends.cpu.get_cpu_capability() if on_cpu else None):
@@ -652,7 +654,6 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
 
     if args.dry_run:
         if main_process:
-            print(format_config(cfg), end="")
             print(f"# data: {data.summary}; {data.iters_per_epoch} steps per epoch on {world} process(es)")
             params = sum(p.numel() for p in student.backbone.parameters())
             print(f"# student/teacher backbone: {cfg.model.arch}, {params / 1e6:.2f} M parameters each")
