@@ -95,13 +95,13 @@ def test_onnxruntime_matches_pytorch_on_random_and_real_images(exported, tiny_wo
 def test_refuses_to_overwrite_without_force(exported, tiny_world):
     _, checkpoint, onnx_file = exported
     before = onnx_file.read_bytes()
-    with pytest.raises(SystemExit, match="refusing to overwrite .*reid.onnx"):
+    with pytest.raises(SystemExit, match=r"reid.onnx.*already exist\(s\); pass --overwrite"):
         export.main(_args(tiny_world, onnx_file, checkpoint))
     assert onnx_file.read_bytes() == before
     snippet = export.snippet_path(onnx_file)
     onnx_file.rename(onnx_file.with_suffix(".moved"))
     try:  # the DeepStream snippet alone also blocks
-        with pytest.raises(SystemExit, match="refusing to overwrite .*reid_nvdcf_reid.yml"):
+        with pytest.raises(SystemExit, match=r"reid_nvdcf_reid.yml already exist\(s\); pass --overwrite"):
             export.main(_args(tiny_world, onnx_file, checkpoint))
     finally:
         onnx_file.with_suffix(".moved").rename(onnx_file)
@@ -135,6 +135,7 @@ def test_fp16_export_and_force(tiny_world, tmp_path, exported, capsys):
     assert os.path.getsize(out) < 0.7 * os.path.getsize(fp32_file)  # half-size weights
     assert export.check_onnx(out)["inputs"] == {"input": ["batch", 3, 256, 128]}
     assert "networkMode: 1" in export.snippet_path(out).read_text()
+    assert [p.read_bytes() for p in tmp_path.glob("reid16.onnx.replaced-*")] == [b"old"]  # moved aside, not lost
 
 
 def test_per_sample_lambda_branch_traces_cleanly(tmp_path):

@@ -1,7 +1,7 @@
 """Export a fine-tuned ReID model to ONNX, check it, and write a DeepStream NvDCF ReID snippet.
 
     python finetune/export.py --checkpoint results/finetune/card_market1501_swin_tiny/train/model.safetensors \
-        [--config configs/finetune/card_market1501_swin_tiny.yaml] [--onnx-file model.onnx] [--fp16] [--force] \
+        [--config configs/finetune/card_market1501_swin_tiny.yaml] [--onnx-file model.onnx] [--fp16] [--overwrite] \
         [key=value ...]
 
 The toolkit's own checkpoints record their model and preprocessing, so the config is optional
@@ -22,7 +22,7 @@ weights and arithmetic are half precision inside the graph (input and output sta
 and the comparison, still against the fp32 PyTorch model, allows max abs difference <=
 2e-2 x the largest |embedding value| and needs cosine similarity >= 0.999 per image.
 Nothing is left on disk when a check fails; an existing file is never overwritten without
-``--force``.
+``--overwrite`` (``--force``), which moves the old files aside.
 
 Beside the ONNX file, ``<stem>_nvdcf_reid.yml`` holds the ``ReID:`` section of a DeepStream
 NvDCF tracker config (feature size, input dims, colour order, offsets, net scale factor;
@@ -45,7 +45,7 @@ from torch import nn
 from soliderkit.cli import HelpFormatter
 from soliderkit.config import add_config_args, parse_config_from_args
 from soliderkit.finetune.config import FinetuneConfig
-from soliderkit.io import atomic_path, atomic_write_text
+from soliderkit.io import atomic_path, atomic_write_text, check_writable, refuse_or_move_aside
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "fc_pred"  # TAO's ReIdentificationNet output name, which DeepStream samples expect
@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx-file", metavar="PATH",
                         help="output .onnx path (default: export.onnx_file, else <results_dir>/export/model.onnx)")
     parser.add_argument("--fp16", action="store_true", help="half-precision weights and arithmetic in the graph")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing ONNX file / config snippet")
+    parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                        help="replace an existing ONNX file / config snippet (the old ones are moved aside)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (>= 17)")
     parser.add_argument("--verify-images", metavar="DIR",
                         help="folder of real images for the parity check (default: the config's query folder, "
@@ -266,12 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     snippet = snippet_path(onnx_file)
     if args.opset < DEFAULT_OPSET:
         raise SystemExit(f"--opset {args.opset}: the exported graph needs opset >= {DEFAULT_OPSET}")
-    existing = [str(p) for p in (onnx_file, snippet) if p.exists()]
-    if existing and not args.force:
-        raise SystemExit(f"refusing to overwrite {', '.join(existing)} (pass --force to replace)")
+    existing = [p for p in (onnx_file, snippet) if p.exists()]
+    if existing and not args.overwrite:
+        refuse_or_move_aside(existing, False, "finetune/export.py")
     if args.dry_run:
         print(f"would export {checkpoint} -> {onnx_file} (+ {snippet.name})")
         return 0
+    check_writable(onnx_file.parent, "finetune/export.py")
+    for old, aside in zip(existing, refuse_or_move_aside(existing, True, "finetune/export.py")):
+        print(f"--overwrite: moved {old} to {aside}")
 
     from soliderkit.finetune.extractor import config_given, load_for_cli  # after argument checks: imports timm
 
