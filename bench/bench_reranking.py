@@ -20,13 +20,12 @@ peak RSS. ``--scale 0.25`` runs the same protocol on a fraction of the MSMT17 si
 from __future__ import annotations
 
 import argparse
-import resource
-import sys
 import time
 
 import numpy as np
 import torch
 
+from soliderkit.benchmarking import MSMT, peak_rss_mib, synthetic_split, timed
 from soliderkit.reid.metrics import (
     evaluate_ranking,
     evaluate_ranking_chunks,
@@ -38,44 +37,6 @@ from soliderkit.reid.reranking import (
     re_ranking,
     re_ranking_from_features,
 )
-
-
-# MSMT17 size and the helpers below are the same as bench_metrics.py's (scripts do not import each other).
-MSMT = dict(num_query=11659, num_gallery=82161, num_ids=3060, num_cams=15)
-
-
-def peak_rss_mib() -> float:
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-def synthetic_split(rng: np.random.Generator, num_query: int, num_gallery: int, num_ids: int,
-                    num_cams: int, dim: int, noise: float, distractor_fraction: float = 0.15):
-    """Identity-clustered random features; ``noise`` sets how hard the ranking is."""
-    centroids = rng.standard_normal((num_ids + 1, dim), dtype=np.float32)
-    q_pids = rng.integers(1, num_ids + 1, num_query)
-    g_pids = rng.integers(1, num_ids + 1, num_gallery)
-    g_pids[rng.random(num_gallery) < distractor_fraction] = 0  # pid 0 = distractor
-
-    def features(pids):
-        jitter = rng.standard_normal((pids.size, dim), dtype=np.float32)
-        clustered = centroids[pids] + noise * jitter
-        return np.where((pids == 0)[:, None], jitter, clustered)
-
-    return (features(q_pids), features(g_pids), q_pids, g_pids,
-            rng.integers(0, num_cams, num_query), rng.integers(0, num_cams, num_gallery))
-
-
-def timed(fn, *args, repeat: int = 1, **kwargs):
-    """(result, best wall time over ``repeat`` runs): the best run is the least disturbed
-    by other processes on a shared machine."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def describe(name: str, result, seconds: float | None = None) -> str:

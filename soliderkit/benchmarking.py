@@ -1,0 +1,50 @@
+"""Measurement helpers the `bench/` scripts share (scripts never import each other).
+
+Absolute times on a shared machine mean little: every bench prints ratios against a baseline
+measured in the same run; :func:`timed` keeps the best of several runs, the one least
+disturbed by other processes.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import numpy as np
+
+# MSMT17's evaluation size (query / gallery images, identities, cameras): the largest common benchmark.
+MSMT = dict(num_query=11659, num_gallery=82161, num_ids=3060, num_cams=15)
+
+
+def peak_rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def synthetic_split(rng: np.random.Generator, num_query: int, num_gallery: int, num_ids: int,
+                    num_cams: int, dim: int, noise: float, distractor_fraction: float = 0.15):
+    """Identity-clustered random features; ``noise`` sets how hard the ranking is."""
+    centroids = rng.standard_normal((num_ids + 1, dim), dtype=np.float32)
+    q_pids = rng.integers(1, num_ids + 1, num_query)
+    g_pids = rng.integers(1, num_ids + 1, num_gallery)
+    g_pids[rng.random(num_gallery) < distractor_fraction] = 0  # pid 0 = distractor
+
+    def features(pids):
+        jitter = rng.standard_normal((pids.size, dim), dtype=np.float32)
+        clustered = centroids[pids] + noise * jitter
+        return np.where((pids == 0)[:, None], jitter, clustered)
+
+    return (features(q_pids), features(g_pids), q_pids, g_pids,
+            rng.integers(0, num_cams, num_query), rng.integers(0, num_cams, num_gallery))
+
+
+def timed(fn, *args, repeat: int = 1, **kwargs):
+    """(result, best wall time over ``repeat`` runs): the best run is the least disturbed
+    by other processes on a shared machine."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        best = min(best, time.perf_counter() - start)
+    return out, best
