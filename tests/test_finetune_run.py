@@ -46,6 +46,7 @@ def test_dry_run_builds_everything_and_writes_nothing(tiny_world, tmp_path, caps
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_training_writes_metrics_and_steps_the_center_loss(tiny_world, tmp_path):
     results = tmp_path / "center"
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, results, "model.with_center_loss=true",
@@ -67,6 +68,7 @@ def test_training_writes_metrics_and_steps_the_center_loss(tiny_world, tmp_path)
     assert (results / "train/config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_resume_continues_with_the_same_losses(tiny_world, tmp_path):
     full = tmp_path / "full"
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, full)]) == 0
@@ -82,6 +84,7 @@ def test_resume_continues_with_the_same_losses(tiny_world, tmp_path):
         assert epoch2[key] == pytest.approx(expected[key], rel=1e-6, abs=1e-9)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_gives_the_same_final_weights(tiny_world, tmp_path, monkeypatch):
     full = tmp_path / "full"
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, full)]) == 0
@@ -122,6 +125,7 @@ def test_non_finite_losses_are_skipped_then_abort(tiny_world, tmp_path, monkeypa
     assert not (tmp_path / "nan/train/checkpoints").exists() or not _checkpoints(tmp_path / "nan")
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run(tiny_world, tmp_path):
     results = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
