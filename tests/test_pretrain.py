@@ -228,6 +228,7 @@ def test_dry_run_writes_nothing(tiny_world, tmp_path, capsys):
 
 # --- SIGTERM and exact resume ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_continues_with_the_same_loss(tiny_world, tmp_path, monkeypatch):
     full = tmp_path / "full"
     assert run.main(["--config", CONFIG, *_overrides(tiny_world, full)]) == 0
@@ -272,6 +273,7 @@ def test_non_finite_losses_are_skipped_then_abort(tiny_world, tmp_path, monkeypa
 
 # --- shards ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_trains_from_webdataset_shards(tiny_world, tmp_path):
     from soliderkit.data.build import build_shards
 
@@ -286,6 +288,7 @@ def test_trains_from_webdataset_shards(tiny_world, tmp_path):
 
 # --- two processes ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_process_cpu_run(tiny_world, tmp_path):
     results = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
