@@ -54,7 +54,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from PIL import Image
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
@@ -69,6 +68,7 @@ from soliderkit.config import (
 )
 from soliderkit.io import atomic_path
 from soliderkit.pretrain.config import PretrainConfig, recipe_warnings
+from soliderkit.pretrain.device_multicrop import DeviceMultiCrop, collate_device_samples
 from soliderkit.pretrain.dino import DINOHead, DINOLoss, MultiCropNetwork, ema_update, teacher_statistics
 from soliderkit.pretrain.knn import knn_preprocessing, knn_reid, load_query_gallery
 from soliderkit.pretrain.multicrop import MultiCropAugmentation
@@ -153,10 +153,11 @@ class EpochBatches(Sampler):
 
 
 class MultiCropFolder(Dataset):
-    """``dataset[(index, seed)]`` -> the multi-crop views of image ``index`` drawn with ``seed``."""
+    """``dataset[(index, seed)]`` -> the multi-crop views of image ``index`` drawn with ``seed``
+    (``on_device``: the decoded pixels and the plan of its views, for ``DeviceMultiCrop``)."""
 
-    def __init__(self, paths: list[Path], augment: MultiCropAugmentation):
-        self.paths, self.augment = paths, augment
+    def __init__(self, paths: list[Path], augment: MultiCropAugmentation, on_device: bool = False):
+        self.paths, self.augment, self.on_device = paths, augment, on_device
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,11 +165,10 @@ class MultiCropFolder(Dataset):
     def __getitem__(self, item):
         index, seed = item
         try:
-            with Image.open(self.paths[index]) as image:
-                image = image.convert("RGB")
+            decoded = self.augment.decode(self.paths[index], random.Random(seed))
         except OSError as exc:
             raise OSError(f"cannot read image {self.paths[index]}: {exc}") from exc
-        return self.augment.crops(image, random.Random(seed))
+        return self.augment.device_sample(decoded) if self.on_device else self.augment.apply(decoded)
 
 
 @dataclass
@@ -180,7 +180,10 @@ class PretrainData:
     batches: Callable[[int, int], Iterator[list[torch.Tensor]]]
 
 
-def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool) -> PretrainData:
+def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool,
+               device: torch.device | str = "cpu") -> PretrainData:
+    """With ``data.augment_on=device`` the workers return decoded pixels and view plans, and the
+    batches are turned into views on ``device`` as they are read."""
     d = cfg.data
     if d.path is None:
         raise SystemExit("config error: data.path is not set (a shard folder/pattern or an image folder)")
@@ -188,7 +191,14 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
         d.global_crop_size, d.local_crop_size, global_scale=d.global_crop_scale, local_scale=d.local_crop_scale,
         local_number=d.local_crops_number, aspect_ratio_scale=d.crop_aspect_ratio_scale, mean=d.pixel_mean,
         std=d.pixel_std, color_jitter_prob=d.color_jitter_prob, color_jitter=d.color_jitter,
-        grayscale_prob=d.grayscale_prob, seed=cfg.seed, rank=rank)
+        grayscale_prob=d.grayscale_prob, seed=cfg.seed, rank=rank, decode_draft=d.decode_draft)
+    on_device = d.augment_on == "device"
+    collate = collate_device_samples if on_device else default_collate
+    views_on = DeviceMultiCrop.like(augment)
+    where = f"; views made on {torch.device(device).type}" if on_device else ""
+
+    def views(batches: Iterator) -> Iterator[list[torch.Tensor]]:
+        return (views_on(batch, device) for batch in batches) if on_device else batches
     if d.kind == "folder":
         root = Path(d.path)
         if not root.is_dir():
@@ -207,22 +217,24 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
                       f"e.g. {bad[0][0]}: {bad[0][1]}", file=sys.stderr)
         sampler = EpochBatches(len(paths), d.batch_size_per_device, rank=rank, world_size=world_size,
                                seed=cfg.seed, batches_per_epoch=d.batches_per_epoch)
-        loader = DataLoader(MultiCropFolder(paths, augment), batch_sampler=sampler, num_workers=d.num_workers,
-                            collate_fn=default_collate, pin_memory=pin_memory,
+        loader = DataLoader(MultiCropFolder(paths, augment, on_device), batch_sampler=sampler,
+                            num_workers=d.num_workers, collate_fn=collate, pin_memory=pin_memory,
                             generator=torch.Generator().manual_seed(cfg.seed))
 
         def folder_batches(epoch: int, start: int) -> Iterator[list[torch.Tensor]]:
             sampler.set_epoch(epoch, min(start, sampler.length))
-            return rng_neutral(loader)
+            return views(rng_neutral(loader))
 
-        return PretrainData(sampler.length, f"image folder {root}: {len(paths)} images", folder_batches)
+        return PretrainData(sampler.length, f"image folder {root}: {len(paths)} images{where}", folder_batches)
 
     from soliderkit.data.stream import ShardSetError, make_shard_loader
 
     try:
-        loader = make_shard_loader(d.path, d.batch_size_per_device, augment, resampled=True, seed=cfg.seed,
-                                   batches_per_epoch=d.batches_per_epoch, num_workers=d.num_workers, rank=rank,
-                                   world_size=world_size, shuffle_buffer=d.shuffle_buffer, pin_memory=pin_memory)
+        loader = make_shard_loader(d.path, d.batch_size_per_device, augment.device_sample if on_device else augment,
+                                   resampled=True, seed=cfg.seed, batches_per_epoch=d.batches_per_epoch,
+                                   num_workers=d.num_workers, rank=rank, world_size=world_size,
+                                   shuffle_buffer=d.shuffle_buffer, pin_memory=pin_memory,
+                                   decode=augment.decode_stream, collate_fn=collate)
     except ShardSetError as exc:
         raise SystemExit(f"config error: data.path={d.path}: {exc}") from None
 
@@ -233,9 +245,9 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
             return iter(())
         augment.set_epoch(epoch)
         loader.set_epoch(epoch)
-        return itertools.islice(rng_neutral(loader), start, None)
+        return views(itertools.islice(rng_neutral(loader), start, None))
 
-    summary = f"shards {d.path}: {len(loader.shards)} files, {loader.num_samples} images (resampled)"
+    summary = f"shards {d.path}: {len(loader.shards)} files, {loader.num_samples} images (resampled){where}"
     return PretrainData(loader.batches_per_epoch, summary, shard_batches)
 
 
@@ -634,7 +646,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                                                              checkpoint_dir, required=args.resume)
 
     # ============ data ... ============
-    data = build_data(cfg, accelerator.process_index, world, pin_memory=accelerator.device.type == "cuda")
+    data = build_data(cfg, accelerator.process_index, world, pin_memory=accelerator.device.type == "cuda",
+                      device=accelerator.device)
     total_batch = cfg.data.batch_size_per_device * world
 
     # ============ student, teacher, losses (same initial weights on every process) ... ============

@@ -29,6 +29,7 @@ from soliderkit.data.stream import (
     iter_tar_samples,
     load_shard_set,
     make_shard_loader,
+    resample_pool,
     sample_keys,
 )
 from soliderkit.data.stream import main as stream_main
@@ -300,6 +301,38 @@ def test_resampled_mode_gives_every_rank_the_same_number_of_full_batches(shard_d
     assert again == [k for keys in batches[0] for k in keys]  # (seed, epoch, rank, worker) fix the stream
     # Default length: one pass worth of batches per rank.
     assert len(make_shard_loader(shard_dir, 4, lambda image: 0, world_size=2, rank=0)) == NUM_IMAGES // 8
+
+
+def test_resampled_streams_of_ranks_and_workers_read_disjoint_shards(shard_dir, tmp_path):
+    shard_of = {}
+    for shard in load_shard_set(shard_dir):
+        for key in tar_samples(Path(shard.path)):
+            shard_of[key] = shard.path
+    for epoch in (0, 1):
+        read = {}
+        for rank in (0, 1):
+            loader = make_shard_loader(shard_dir, 3, lambda image: 0, resampled=True, seed=1, epoch=epoch,
+                                       batches_per_epoch=4, num_workers=2, rank=rank, world_size=2,
+                                       shuffle_buffer=0, return_keys=True)
+            read[rank] = {shard_of[k] for _, keys in loader for k in keys}
+        assert read[0] and read[1] and not read[0] & read[1]  # 6 shards, 2 ranks x 2 workers
+    # each (rank, worker) stream has its own part of the epoch's deal; the parts cover every shard
+    shards = load_shard_set(shard_dir)
+    parts = [resample_pool(shards, 2, 2, rank, worker, 1, 0) for rank in (0, 1) for worker in (0, 1)]
+    assert sorted(s.path for part in parts for s in part) == sorted(s.path for s in shards)
+    # fewer shards than ranks x workers: a rank's workers share its part; fewer than ranks: all
+    assert resample_pool(shards, 2, 4, 1, 3, 1, 0) == resample_pool(shards, 2, 4, 1, 0, 1, 0)
+    assert resample_pool(shards, 8, 1, 5, 0, 1, 0) == shards
+
+
+def test_a_resampled_stream_whose_shards_are_all_damaged_draws_from_the_others(shard_dir, tmp_path):
+    shards = copy_shards(shard_dir, tmp_path)
+    own = resample_pool(load_shard_set(shards), 2, 1, 0, 0, 1, 0)
+    for shard in own:
+        Path(shard.path).write_bytes(b"not a tar")
+    loader = make_shard_loader(shards, 3, lambda image: 0, resampled=True, seed=1, batches_per_epoch=2,
+                               num_workers=0, rank=0, world_size=2, shuffle_buffer=0)
+    assert len(list(loader)) == 2 and loader.stats["damaged_shards"] >= len(own)
 
 
 def test_fixed_length_without_resampling_is_equal_even_with_more_slots_than_shards(shard_dir):

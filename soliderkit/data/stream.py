@@ -21,7 +21,7 @@ Rank and world size default to the ``RANK`` / ``WORLD_SIZE`` environment variabl
 
 Per worker the pipeline is: shard choice -> tar members -> samples (webdataset's
 ``group_by_keys``) -> a shuffle buffer of raw, still-encoded samples (webdataset's
-``shuffle``) -> decode to an RGB ``PIL.Image`` -> ``transform`` -> batches of
+``shuffle``) -> decode to an RGB ``PIL.Image`` (or ``decode(bytes)``, when given) -> ``transform`` -> batches of
 ``batch_size`` -> ``collate_fn`` (default: torch's ``default_collate``, so a transform may
 return a tensor, or a list of tensors of several sizes as multi-crop does). Tar members
 of plain ustar shards (what ``soliderkit.data.build`` writes) are read by a small header
@@ -32,7 +32,11 @@ Three modes
 -----------
 * **resampled** (``resampled=True``, the training mode): each (rank, worker) draws shards
   with replacement (webdataset ``ResampledShards``) from a seed made of (seed, epoch,
-  rank, worker). Every rank yields exactly ``batches_per_epoch`` full batches; ``None``
+  rank, worker), out of its own part of the shards: the exact mode's balanced deal for
+  that epoch (``resample_pool``), so the streams of all ranks and workers read disjoint
+  shards. With fewer (non-empty) shards than ranks x workers the workers of a rank share
+  the rank's part; with fewer shards than ranks every stream draws from all of them (and
+  streams may meet). Every rank yields exactly ``batches_per_epoch`` full batches; ``None``
   means one pass worth, ``num_samples // (batch_size * world_size)``. DDP-safe.
 * **fixed-length, no resampling** (``resampled=False``, ``batches_per_epoch=N``): shards are
   split between ranks and workers as in the exact mode; a worker cycles through its own
@@ -105,6 +109,7 @@ __all__ = [
     "iter_tar_samples",
     "load_shard_set",
     "make_shard_loader",
+    "resample_pool",
     "sample_keys",
     "main",
 ]
@@ -200,6 +205,22 @@ def assign_shards(counts: Sequence[int], world_size: int, num_workers: int, seed
         return [sorted(part, key=position.__getitem__) for part in dealt]
 
     return [deal(rank_shards, num_workers) for rank_shards in deal(order, world_size)]
+
+
+def resample_pool(shards: Sequence[ShardInfo], world_size: int, num_workers: int, rank: int, worker: int,
+                  seed: int, epoch: int) -> list[ShardInfo]:
+    """The shards the resampled stream of (``rank``, ``worker``) draws from in ``epoch``: its part
+    of ``assign_shards``' balanced deal, so streams read disjoint shards; the rank's part when
+    there are fewer shards than ranks x workers; all of them when fewer than ranks."""
+    counts = [shard.count for shard in shards]
+    workers = max(1, num_workers)
+    if len(shards) >= world_size * workers:
+        chosen = assign_shards(counts, world_size, workers, seed, epoch)[rank][worker]
+    elif len(shards) >= world_size:
+        chosen = [i for part in assign_shards(counts, world_size, 1, seed, epoch)[rank] for i in part]
+    else:
+        return list(shards)
+    return [shards[i] for i in chosen]
 
 
 def _split_evenly(total: int, parts: int) -> list[int]:
@@ -371,17 +392,23 @@ def _endless(shards: Iterator[ShardInfo], distinct: int, state: _WorkerState) ->
                                     f"(first: {shard.path}); check them with python data_shards/inspect_shards.py")
 
 
+def _decode_rgb(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # the full decode: a truncated image fails here, not in the transform
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+    return image
+
+
 def _decoded(samples: Iterator[dict], transform: Callable, state: _WorkerState,
-             endless: bool) -> Iterator[tuple[str, Any]]:
+             endless: bool, decode: Callable[[bytes], Any] | None = None) -> Iterator[tuple[str, Any]]:
+    decode = decode or _decode_rgb
     consecutive = 0
     for sample in samples:
         key = sample["__key__"]
         data = next(sample[field] for field in IMAGE_FIELDS if field in sample)
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()  # the full decode: a truncated image fails here, not in the transform
-                if image.mode != "RGB":
-                    image = image.convert("RGB")
+            image = decode(data)
         except Exception as exn:  # PIL raises OSError, SyntaxError, ValueError... for bad bytes
             state.problem("corrupt_samples", f"image {key} in {os.path.basename(sample['__url__'])} does "
                                              f"not decode ({type(exn).__name__}: {exn})")
@@ -410,8 +437,9 @@ class _ShardStream(IterableDataset):
     def __init__(self, shards: list[ShardInfo], *, batch_size: int, transform: Callable,
                  collate_fn: Callable, resampled: bool, seed: int, epoch: int,
                  batches_per_epoch: int | None, rank: int, world_size: int, num_workers: int,
-                 shuffle_buffer: int):
+                 shuffle_buffer: int, decode: Callable[[bytes], Any] | None = None):
         super().__init__()
+        self.decode = decode
         self.shards = shards
         self.batch_size = batch_size
         self.transform = transform
@@ -437,24 +465,41 @@ class _ShardStream(IterableDataset):
         if quota == 0:
             samples: Iterator[dict] = iter(())
         elif self.resampled:
-            samples = self._resampled_samples(seed_parts, state)
+            samples = self._resampled_samples(worker, workers, seed_parts, state)
         else:
             samples = self._assigned_samples(worker, workers, quota is not None, state)
         if self.shuffle_buffer > 1:
             samples = wds_shuffle(self.shuffle_buffer, initial=max(1, self.shuffle_buffer // 4),
                                   rng=random.Random(_seed_int(*seed_parts, "buffer")))(samples)
-        decoded = _decoded(samples, self.transform, state, endless=quota is not None)
+        decoded = _decoded(samples, self.transform, state, endless=quota is not None, decode=self.decode)
         yield from self._batches(decoded, quota)
         yield _WorkerReport(dict(state.stats), state.damaged)
 
-    def _resampled_samples(self, seed_parts, state: _WorkerState) -> Iterator[dict]:
-        by_path = {shard.path: shard for shard in self.shards if shard.count > 0}
-        urls = list(by_path)
-        # A fresh ResampledShards per epoch: its internal epoch counter stays 0, so the draw
-        # depends only on the seed built from (seed, epoch, rank, worker).
-        chooser = ResampledShards(urls, seed=_seed_int(*seed_parts, "shards"), worker_seed=lambda: 0,
-                                  deterministic=True)
-        return _endless((by_path[draw["url"]] for draw in chooser), len(urls), state)
+    def _resampled_samples(self, worker: int, workers: int, seed_parts, state: _WorkerState) -> Iterator[dict]:
+        every = [shard for shard in self.shards if shard.count > 0]
+        pool = resample_pool(every, self.world_size, workers, self.rank, worker, self.seed, self.epoch)
+
+        def endless(shards: list[ShardInfo]) -> Iterator[dict]:
+            by_path = {shard.path: shard for shard in shards}
+            urls = list(by_path)
+            # A fresh ResampledShards per epoch: its internal epoch counter stays 0, so the draw
+            # depends only on the seed built from (seed, epoch, rank, worker).
+            chooser = ResampledShards(urls, seed=_seed_int(*seed_parts, "shards"), worker_seed=lambda: 0,
+                                      deterministic=True)
+            return _endless((by_path[draw["url"]] for draw in chooser), len(urls), state)
+
+        if len(pool) == len(every):
+            return endless(every)
+
+        def own_part_first() -> Iterator[dict]:
+            try:
+                yield from endless(pool)
+            except ShardSetError:  # raised before any sample: this stream's part is all damaged
+                state.problem("damaged_shards", f"none of the {len(pool)} shard(s) of this stream has a readable "
+                                                "sample; drawing from all shards instead")
+                yield from endless(every)
+
+        return own_part_first()
 
     def _assigned_samples(self, worker: int, workers: int, fixed_length: bool,
                           state: _WorkerState) -> Iterator[dict]:
@@ -520,8 +565,10 @@ class ShardLoader:
     def __init__(self, shards: list[ShardInfo], *, batch_size: int, transform: Callable,
                  resampled: bool, seed: int, epoch: int, batches_per_epoch: int | None,
                  num_workers: int, rank: int, world_size: int, shuffle_buffer: int,
-                 collate_fn: Callable, return_keys: bool, pin_memory: bool):
+                 collate_fn: Callable, return_keys: bool, pin_memory: bool,
+                 decode: Callable[[bytes], Any] | None = None):
         self.shards = shards
+        self.decode = decode
         self.num_samples = sum(shard.count for shard in shards)
         self.batch_size = batch_size
         self.transform = transform
@@ -574,7 +621,7 @@ class ShardLoader:
             self.shards, batch_size=self.batch_size, transform=self.transform, collate_fn=self.collate_fn,
             resampled=self.resampled, seed=self.seed, epoch=epoch, batches_per_epoch=self.batches_per_epoch,
             rank=self.rank, world_size=self.world_size, num_workers=self.num_workers,
-            shuffle_buffer=self.shuffle_buffer)
+            shuffle_buffer=self.shuffle_buffer, decode=self.decode)
         # batch_size=None: workers already batch; persistent workers would miss the epoch.
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_as_is,
                             pin_memory=self.pin_memory, persistent_workers=False)
@@ -606,11 +653,14 @@ def make_shard_loader(shards: str | os.PathLike | list[ShardInfo], batch_size: i
                       rank: int | None = None, world_size: int | None = None,
                       shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
                       collate_fn: Callable = default_collate, return_keys: bool = False,
-                      pin_memory: bool = False) -> ShardLoader:
+                      pin_memory: bool = False, decode: Callable[[bytes], Any] | None = None) -> ShardLoader:
     """Batches of ``collate_fn([transform(image), ...])`` from shards; see the module docstring.
 
     ``transform`` maps an RGB ``PIL.Image`` to anything ``collate_fn`` accepts; it must be
-    picklable when workers are not forked. ``return_keys=True`` yields ``(batch, keys)``.
+    picklable when workers are not forked. ``decode`` replaces the decoding: it gets a sample's
+    encoded image bytes and returns what ``transform`` gets (e.g. ``MultiCropAugmentation.
+    decode_stream``, which plans the views first and decodes JPEGs at reduced size); an
+    exception from it counts the sample as corrupt. ``return_keys=True`` yields ``(batch, keys)``.
     ``rank`` / ``world_size`` default to ``RANK`` / ``WORLD_SIZE`` from the environment.
     """
     shard_list = list(shards) if isinstance(shards, list) else load_shard_set(shards)
@@ -635,10 +685,12 @@ def make_shard_loader(shards: str | os.PathLike | list[ShardInfo], batch_size: i
         raise ShardSetError(f"shuffle_buffer must be >= 0 (got {shuffle_buffer!r})")
     if not callable(transform):
         raise ShardSetError("transform must be callable (PIL.Image -> tensor or list of tensors)")
+    if decode is not None and not callable(decode):
+        raise ShardSetError("decode must be callable (image bytes -> what transform takes) or None")
     return ShardLoader(shard_list, batch_size=batch_size, transform=transform, resampled=resampled, seed=seed,
                        epoch=epoch, batches_per_epoch=batches_per_epoch, num_workers=num_workers, rank=rank,
                        world_size=world_size, shuffle_buffer=shuffle_buffer, collate_fn=collate_fn,
-                       return_keys=return_keys, pin_memory=pin_memory)
+                       return_keys=return_keys, pin_memory=pin_memory, decode=decode)
 
 
 def _as_is(item):

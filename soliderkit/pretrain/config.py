@@ -92,6 +92,15 @@ class DataConfig:
     color_jitter: tuple[float, float, float, float] = option((0.4, 0.4, 0.2, 0.1))
     # probability of converting each view to grayscale (DINO: 0.2)
     grayscale_prob: float = option(0.2)
+    # where the views are made: "cpu" is the reference (DataLoader workers decode and make every
+    # view with PIL, as DINO / SOLIDER); "device" = workers only decode, and the crops, flip,
+    # colour jitter, grayscale, blur, solarisation and normalisation of the whole batch run on the
+    # training device (soliderkit.pretrain.device_multicrop: the same plan of random draws and
+    # PIL's arithmetic; bench/bench_pipeline.py measures the CPU time saved)
+    augment_on: Literal["cpu", "device"] = option("cpu")
+    # decode a JPEG at 1/2, 1/4 or 1/8 size (libjpeg's DCT scaling) when every planned crop
+    # still has at least its output's pixels there; false = always decode at full size (reference)
+    decode_draft: bool = option(False)
     # per-channel normalisation mean (RGB, 0-1 scale)
     pixel_mean: tuple[float, float, float] = option((0.485, 0.456, 0.406))
     # per-channel normalisation std (RGB, 0-1 scale)
