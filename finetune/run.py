@@ -21,8 +21,9 @@ import dataclasses
 import json
 import sys
 import time
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from accelerate import Accelerator
@@ -45,17 +46,22 @@ from soliderkit.reid.image_check import find_unreadable, report_unreadable
 from soliderkit.reid.evaluation import evaluate_query_gallery
 from soliderkit.reid.transforms import ImageDataset, collate, train_transform
 from soliderkit.run_control import (
+    DeviceSums,
     NonFiniteGuard,
+    StepControl,
     StopRequest,
-    agree,
     claim_results_dir,
     describe_outputs,
+    fused_optimizer,
     load_checkpoint,
+    optimizer_step,
     resolve_resume,
     rng_neutral,
     save_checkpoint,
     use_the_cpu_cores,
 )
+from soliderkit.throughput import (ThroughputMeter, count_flops, describe_cost, device_name, meta_copy, peak_tflops,
+                                   precision_key)
 
 
 def load_splits(cfg: DatasetConfig) -> ReidSplits:
@@ -139,6 +145,73 @@ def validate(cfg: FinetuneConfig, model: torch.nn.Module, splits: ReidSplits, si
     return {k: metrics[k] for k in ("mAP", "rank1", "rank5", "rank10", "mINP")}
 
 
+@dataclass
+class StepParts:
+    """What one fine-tuning step needs (``forward`` is the model, or its ``torch.compile``)."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # prepared (DDP-wrapped when distributed)
+    forward: Callable
+    losses: ReidLosses
+    optimizer: torch.optim.Optimizer
+    control: StepControl
+    grad_clip: float = 0.0
+    center_loss: torch.nn.Module | None = None
+    center_optimizer: torch.optim.Optimizer | None = None
+    center_weight: float = 1.0
+
+
+def train_step(t: StepParts, images: torch.Tensor, pids: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One step: forward, ID / triplet / center losses, backward, clipping, both optimizers.
+
+    No host sync: a non-finite loss on any process skips both optimizer steps on the device
+    (``soliderkit.run_control.optimizer_step``). Returns the step's values as 0-d device tensors
+    (``loss``, ``loss_<term>``, ``id_accuracy``) and the skip flag.
+    """
+    acc = t.accelerator
+    modules = [t.model] + ([t.center_loss] if t.center_loss is not None else [])
+    with acc.accumulate(*modules):
+        out = t.forward(images, pids)
+        parts = t.losses.terms(out, pids, t.center_loss)
+        loss = sum(parts.values())
+        nonfinite = t.control.nonfinite(loss)  # the same flag on every process
+        skip = t.control.skip_flag(nonfinite, acc.sync_gradients)
+        acc.backward(loss)
+        if acc.sync_gradients and t.grad_clip > 0:
+            acc.clip_grad_norm_(t.model.parameters(), t.grad_clip)
+        optimizer_step(t.optimizer, skip, acc.scaler)
+        if t.center_loss is not None:
+            if acc.sync_gradients:
+                scale_center_gradients(t.center_loss, t.center_weight)
+            optimizer_step(t.center_optimizer, skip, acc.scaler)
+        t.optimizer.zero_grad()
+        if t.center_optimizer is not None:
+            t.center_optimizer.zero_grad()
+    with torch.no_grad():
+        values = {"loss": loss.detach(), **{f"loss_{k}": v.detach() for k, v in parts.items()},
+                  "id_accuracy": (out.logits.argmax(1) == pids).float().mean()}
+    return values, nonfinite
+
+
+def step_flops(model: torch.nn.Module, batch: int, size: tuple[int, int], num_classes: int) -> int | None:
+    """FLOPs of one process's training step: forward + backward of the model on ``batch`` images
+    of ``size`` (counted on a meta copy: nothing computed, no weights or random numbers touched).
+    None when the model cannot run on the meta device."""
+    try:
+        meta = meta_copy(model).train()
+        images = torch.empty(batch, 3, *size, device="meta")
+        pids = torch.arange(batch, device="meta") % max(num_classes, 1)
+
+        def step():
+            out = meta(images, pids)
+            (out.logits.float().sum() + out.features.float().sum()).backward()
+
+        return count_flops(step)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        print(f"warning: FLOPs of the training step not counted ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+
+
 # Settings a resumed run may not change (they change the model, the data or the schedule).
 RESUME_FIXED = ("model", "dataset", "train.optim", "train.num_epochs", "train.seed",
                 "train.gradient_accumulation_steps")
@@ -207,7 +280,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     # The identity sampler already gives each process its own batches, so the loader is not
     # passed through accelerator.prepare (which would shard it a second time).
     loader = DataLoader(ImageDataset(splits.train, augment), batch_sampler=sampler,
-                        num_workers=cfg.dataset.num_workers, collate_fn=collate)
+                        num_workers=cfg.dataset.num_workers, collate_fn=collate,
+                        pin_memory=accelerator.device.type == "cuda")  # + non_blocking copies in the loop
 
     optim_cfg = cfg.train.optim
     losses = ReidLosses(cfg)  # the loss terms of a step (shared with bench/compare_with_reference.py)
@@ -228,6 +302,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     claim_results_dir(accelerator, out_dir, resume_from=resume_from, overwrite=args.overwrite, script="finetune/run.py",
                       cleanup=cleanup, config=config_to_dict(cfg), fixed=RESUME_FIXED, free=RESUME_FREE)
 
+    per_process = cfg.dataset.batch_size // world
+    flops = step_flops(model, per_process, size, num_classes)  # before prepare: the plain module
     model, optimizer = accelerator.prepare(model, optimizer)
     center_loss = center_optimizer = None
     if cfg.model.with_center_loss:
@@ -246,6 +322,9 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                               f"epochs (step {progress.step}); nothing to do. To train longer, start a new run "
                               "from its model.safetensors (model.pretrained_model_path)")
             return 0
+    for opt in (optimizer, center_optimizer):  # fused: skips a step on the device (after a resume too)
+        if opt is not None:
+            fused_optimizer(opt.optimizer)
     scheduler.step(progress.epoch)
     guard = NonFiniteGuard(cfg.train.max_nan_steps, script="finetune/run.py", checkpoint_dir=checkpoint_dir,
                            advice="Lower train.optim.base_lr, raise train.optim.warmup_epochs or use "
@@ -257,70 +336,91 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                                keep_last=cfg.train.keep_last,
                                keep_every=cfg.train.keep_every)
 
+    name, precision = device_name(accelerator.device), precision_key(cfg.train.mixed_precision)
+    meter = ThroughputMeter(flops, cfg.dataset.batch_size, world, peak_tflops(name, precision))
     if main_process:
         save_resolved_config(cfg, out_dir)
-        print(f"training on {world} process(es): {cfg.dataset.batch_size // world} images per process "
+        print(f"training on {world} process(es): {per_process} images per process "
               f"per step, {len(sampler)} steps per epoch, {num_classes} identities")
+        print(describe_cost(flops, per_process, name, precision, meter.peak))
+        if cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            print("note: train.mixed_precision=fp16 has no effect on the CPU (Accelerate trains in float32 there; "
+                  "bf16 autocasts)", file=sys.stderr)
     accelerator.init_trackers("finetune")
     log_path = out_dir / "log.jsonl"
+    tensorboard = accelerator.get_tracker("tensorboard", unwrap=False) if main_process else None
 
+    forward = model
+    if cfg.train.compile:  # the eager module stays for validation, saving and unwrapping
+        forward = torch.compile(model, mode=cfg.train.compile_mode)
     stop = StopRequest()
+    control = StepControl(accelerator, stop, guard)
+    parts = StepParts(accelerator, model, forward, losses, optimizer, control, grad_clip=cfg.train.grad_clip,
+                      center_loss=center_loss, center_optimizer=center_optimizer,
+                      center_weight=optim_cfg.center_loss_weight)
+    keys = ["loss", *[f"loss_{k}" for k in ("id", "triplet", "center")], "id_accuracy"]
+
+    def stop_here(epoch: int) -> int:
+        saved = checkpoint()
+        accelerator.print(f"SIGTERM: saved {saved} at step {progress.step} (epoch {epoch + 1}, "
+                          f"batch {progress.batch}); exiting")
+        accelerator.print(describe_outputs(out_dir, "model.safetensors"))
+        accelerator.end_training()
+        return 0
+
     with stop:
         for epoch in range(progress.epoch, cfg.train.num_epochs):
             sampler.set_epoch(epoch, progress.batch)
             model.train()
-            sums, count, started = defaultdict(float), 0, time.time()
+            epoch_sums, interval = DeviceSums(keys, accelerator.device), DeviceSums(keys, accelerator.device)
+            started, check_due = time.time(), False
+            meter.reset()
             bar = tqdm(total=progress.batch + len(sampler), initial=progress.batch,
                        desc=f"epoch {epoch + 1}/{cfg.train.num_epochs}", disable=not main_process)
-            modules = [model] + ([center_loss] if center_loss is not None else [])
             for images, pids, _, _ in rng_neutral(loader):
-                images, pids = images.to(accelerator.device), pids.to(accelerator.device)
-                with accelerator.accumulate(*modules):
-                    out = model(images, pids)
-                    parts = losses.terms(out, pids, center_loss)
-                    loss = sum(parts.values())
-                    finite, stopping = agree(accelerator, loss, stop)  # every process skips / stops together
-                    if finite:
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and cfg.train.grad_clip > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-                        optimizer.step()
-                        if center_loss is not None:
-                            if accelerator.sync_gradients:
-                                scale_center_gradients(center_loss, optim_cfg.center_loss_weight)
-                            center_optimizer.step()
-                    optimizer.zero_grad()
-                    if center_optimizer is not None:
-                        center_optimizer.zero_grad()
-                guard.update(finite, loss.item(), step=progress.step, epoch=epoch + 1, accelerator=accelerator)
+                images = images.to(accelerator.device, non_blocking=True)
+                pids = pids.to(accelerator.device, non_blocking=True)
+                values, nonfinite = train_step(parts, images, pids)
+                control.record(nonfinite, progress.step)
+                epoch_sums.add(values, nonfinite)
+                interval.add(values, nonfinite)
+                meter.step()
                 progress.step += 1
                 progress.batch += 1
-                progress.nan_streak = guard.streak
-                if finite:
-                    sums["loss"] += loss.item()
-                    for name, value in parts.items():
-                        sums[f"loss_{name}"] += value.item()
-                    sums["id_accuracy"] += (out.logits.argmax(1) == pids).float().mean().item()
-                    count += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / max(count, 1):.3f}")
-                # Stop only where an optimizer step just ended, so accumulation resumes aligned.
-                if stopping and accelerator.sync_gradients:
+                # The one host read per train.log_every steps (losses, non-finite streak, stop
+                # requests), only where an optimizer step just ended, so accumulation resumes aligned.
+                check_due = check_due or progress.step % cfg.train.log_every == 0
+                if not accelerator.sync_gradients or not (check_due or control.stop_now()):
+                    continue
+                check_due = False
+                stopping = control.check(step=progress.step, epoch=epoch + 1)
+                progress.nan_streak = guard.streak
+                window = {**interval.means(accelerator), **meter.read()}
+                interval.reset()
+                if "loss" in window:
+                    bar.set_postfix(loss=f"{window['loss']:.3f}", **meter.postfix(window))
+                if tensorboard is not None:  # per interval, TensorBoard only (W&B keeps the epoch axis)
+                    tensorboard.log({f"interval/{k}": v for k, v in window.items() if k != "steps"},
+                                    step=progress.step)
+                if stopping:
                     bar.close()
-                    saved = checkpoint()
-                    accelerator.print(f"SIGTERM: saved {saved} at step {progress.step} (epoch {epoch + 1}, "
-                                      f"batch {progress.batch}); exiting")
-                    accelerator.print(describe_outputs(out_dir, "model.safetensors"))
-                    accelerator.end_training()
-                    return 0
+                    return stop_here(epoch)
             bar.close()
+            stopping = control.check(step=progress.step, epoch=epoch + 1)  # before the epoch's checkpoint
+            progress.nan_streak = guard.streak
+            if stopping:  # seen at the epoch's end (several processes): the resumed run ends the epoch
+                return stop_here(epoch)
+            means = epoch_sums.means(accelerator)
+            seconds = time.time() - started
+            trained = means.pop("steps")
 
             scheduler.step(epoch + 1)
             progress.epoch, progress.batch = epoch + 1, 0
             seconds = time.time() - started
-            record = {"epoch": epoch + 1, "step": progress.step, **{k: v / max(count, 1) for k, v in sums.items()},
+            record = {"epoch": epoch + 1, "step": progress.step, **means,
                       "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
-                      "images_per_second": count * cfg.dataset.batch_size / max(seconds, 1e-9)}
+                      **meter.rates(trained, seconds)}
 
             # Save before validating: a failure in validation never loses the epoch.
             last_epoch = epoch + 1 == cfg.train.num_epochs

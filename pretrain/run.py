@@ -41,11 +41,8 @@ import argparse
 import contextlib
 import itertools
 import json
-import math
 import random
 import sys
-import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -83,18 +80,24 @@ from soliderkit.pretrain.semantic import (
 )
 from soliderkit.reid.image_check import find_unreadable, report_unreadable
 from soliderkit.run_control import (
+    DeviceSums,
     NonFiniteGuard,
+    StepControl,
     StopRequest,
-    agree,
     claim_results_dir,
-    describe_outputs,
     derive_seed,
+    describe_outputs,
+    fused_optimizer,
     load_checkpoint,
+    nonfinite_flag,
+    optimizer_step,
     resolve_resume,
     rng_neutral,
     save_checkpoint,
     use_the_cpu_cores,
 )
+from soliderkit.throughput import (ThroughputMeter, count_flops, describe_cost, device_name, meta_copy, peak_tflops,
+                                   precision_key)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 HEAD_FORMAT = "solider-reid-toolkit/dino-head"
@@ -427,16 +430,28 @@ class Trainer:
     student: torch.nn.Module  # prepared (DDP-wrapped when distributed)
     teacher: MultiCropNetwork
     dino_loss: DINOLoss
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer  # fused (run_control.fused_optimizer): skips a step without a sync
     schedules: Schedules
     stop: StopRequest
+    # the loop's StepControl (one flag reduced over processes per step); None: a local flag
+    control: StepControl | None = None
+    student_forward: Callable | None = None  # torch.compile of the student (train.compile); None = the student
+    teacher_forward: Callable | None = None  # same for the teacher
 
 
 @dataclass
 class StepResult:
-    stats: dict[str, float]
-    finite: bool
-    stop: bool  # some process received SIGTERM
+    stats: dict[str, torch.Tensor | float]  # 0-d device tensors (host floats for host-side counts)
+    skipped: torch.Tensor  # 0-d device tensor: 1 when the loss was not finite (on some process)
+
+    @property
+    def finite(self) -> bool:
+        """Reads the flag on the host (a sync): for tests and one-off callers, not the loop."""
+        return not bool(self.skipped)
+
+    def values(self) -> dict[str, float]:
+        """``stats`` as host floats (one sync per value)."""
+        return {k: float(v) for k, v in self.stats.items()}
 
 
 def clip_gradients(parameters, clip: float) -> None:
@@ -454,7 +469,16 @@ def draw_lambda(sem, batch: int, device: torch.device) -> torch.Tensor:
     if not sem.enabled:
         return torch.zeros(batch, device=device)
     pick = torch.multinomial(torch.tensor(sem.lambda_probs), batch, replacement=True)
-    return torch.tensor(sem.lambda_values)[pick].to(device)
+    return to_device(torch.tensor(sem.lambda_values)[pick], device)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting: pinned, then copied asynchronously on CUDA
+    (a plain copy from pageable memory would wait for every queued kernel)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def cluster_views(tokens: torch.Tensor, sem) -> PartClustering:
@@ -474,8 +498,14 @@ def draw_mask_parts(sem, sizes: torch.Tensor) -> torch.Tensor:
 
 
 def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResult:
+    """One iteration (see the module docstring). No host sync of its own beyond SOLIDER's
+    data-dependent masking (how many masked copies the student sees) and the clustering of
+    ``semantic.clustering``: a non-finite loss skips the optimizer step, the EMA and the center
+    update on the device, and the statistics stay device tensors until the loop reads them."""
     acc, cfg, sem, sched = t.accelerator, t.cfg, t.cfg.semantic, t.schedules
     device = acc.device
+    student_forward = t.student if t.student_forward is None else t.student_forward
+    teacher_forward = t.teacher if t.teacher_forward is None else t.teacher_forward
     for group in t.optimizer.param_groups:
         group["lr"] = float(sched.lr[step])
         if group["scheduled_weight_decay"]:
@@ -490,29 +520,31 @@ def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResu
 
     # Teacher: DINO targets at each image's λ; the copies at λ = 1 give the tokens to cluster.
     with torch.no_grad(), acc.autocast():
-        teacher_out = t.teacher(views[:2], [lam, lam], extra=global_views if sem.enabled else None,
-                                extra_weights=torch.ones_like(lam_global) if sem.enabled else None)
-    stats: dict[str, float] = {}
+        teacher_out = teacher_forward(views[:2], [lam, lam], extra=global_views if sem.enabled else None,
+                                      extra_weights=torch.ones_like(lam_global) if sem.enabled else None)
+    stats: dict[str, torch.Tensor | float] = {}
     masked = masked_lam = None
     if sem.enabled:
         clusters = cluster_views(teacher_out.tokens[:2 * batch], sem)
         parts = draw_mask_parts(sem, clusters.sizes)
         # Views with λ = 0 would get zero weight in the part loss: their masked copies are not built.
+        # How many there are decides the student's batch: SOLIDER's one host sync per step.
         source = (clusters.valid & (lam_global > 0)).nonzero().squeeze(1)
         masked = mask_parts(global_views[source], clusters.labels[source], parts[source])
         masked_lam = lam_global[source]
-        valid = clusters.valid.sum().item()
-        stats["fg_ratio"] = clusters.fg_ratio.mean().item()
+        valid = clusters.valid.sum()
+        stats["fg_ratio"] = clusters.fg_ratio.mean()
         stats["semantic_views"] = valid / (2 * batch)
         stats["masked_views"] = float(source.numel())
-        if valid:
-            share = clusters.sizes[clusters.valid].float().mean(0) / clusters.labels[0].numel()
-            stats["cluster_background"] = share[0].item()
-            for k in range(1, sem.num_parts + 1):
-                stats[f"cluster_part{k}"] = share[k].item()
+        # mean share of background / each part over the usable views (NaN, so not logged, when none)
+        usable = clusters.valid.float()[:, None]
+        share = (clusters.sizes.float() * usable).sum(0) / (usable.sum() * clusters.labels[0].numel())
+        stats["cluster_background"] = share[0]
+        for k in range(1, sem.num_parts + 1):
+            stats[f"cluster_part{k}"] = share[k]
 
     with acc.autocast():
-        student_out = t.student(views, [lam] * len(views), extra=masked, extra_weights=masked_lam)
+        student_out = student_forward(views, [lam] * len(views), extra=masked, extra_weights=masked_lam)
         loss_dino = t.dino_loss(student_out.logits, teacher_out.logits, temp)
         loss = loss_dino
         if sem.enabled:
@@ -523,15 +555,13 @@ def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResu
             # masked copy (λ = 0 views count, with weight 0); no usable view -> zero loss.
             loss_part, accuracy = part_loss(student_out.part_logits, labels, weights, 2 * valid * tokens)
             loss = loss + sem.loss_weight * loss_part
-            stats["loss_part"] = loss_part.item()
-            if not math.isnan(accuracy.item()):
-                stats["part_accuracy"] = accuracy.item()
+            stats["loss_part"] = loss_part.detach()
+            if source.numel():  # the accuracy is NaN without a masked view (no weighted token)
+                stats["part_accuracy"] = accuracy
 
-    finite, stop = agree(acc, loss, t.stop)  # every process skips / stops together
-    stats.update(loss=loss.item(), loss_dino=loss_dino.item())
-    if not finite:
-        t.optimizer.zero_grad(set_to_none=True)
-        return StepResult(stats, False, stop)
+    # 1 when the loss is not finite on some process (every process skips together), on the device
+    skip = t.control.nonfinite(loss) if t.control is not None else nonfinite_flag(acc, loss)
+    stats.update(loss=loss.detach(), loss_dino=loss_dino.detach())
 
     acc.backward(loss)
     if cfg.optim.clip_grad > 0:
@@ -541,13 +571,50 @@ def train_one_step(t: Trainer, views: list[torch.Tensor], step: int) -> StepResu
     if step < sched.freeze_last_layer_steps:
         for p in unwrapped.head.last_layer.parameters():
             p.grad = None
-    t.optimizer.step()
+    optimizer_step(t.optimizer, skip, acc.scaler)
     t.optimizer.zero_grad(set_to_none=True)
 
-    ema_update(t.teacher, unwrapped, float(sched.momentum[step]))
+    ema_update(t.teacher, unwrapped, float(sched.momentum[step]), skip=skip)
     stats.update(teacher_statistics(teacher_out.logits, t.dino_loss.center, temp))
-    t.dino_loss.update_center(teacher_out.logits)
-    return StepResult(stats, True, stop)
+    t.dino_loss.update_center(teacher_out.logits, skip=skip)
+    return StepResult(stats, skip)
+
+
+def step_flops(cfg: PretrainConfig, student: torch.nn.Module, teacher: torch.nn.Module) -> int | None:
+    """FLOPs of one process's training step at the configured sizes, counted on meta copies of
+    the networks (nothing computed, no weights or random numbers touched): the teacher's forward
+    on the 2 global views (+ their λ = 1 copies with ``semantic.enabled``), the student's forward
+    and backward on 2 global + ``data.local_crops_number`` local views + the masked copies. The
+    number of masked copies varies per step; counted: 2 x batch x P(λ > 0), i.e. every view
+    usable (an upper bound for the part task's share). None when the networks cannot run on meta."""
+    d, sem = cfg.data, cfg.semantic
+    batch = d.batch_size_per_device
+    try:
+        student_meta, teacher_meta = meta_copy(student).train(), meta_copy(teacher).train()
+        views = [torch.empty(batch, 3, *d.global_crop_size, device="meta") for _ in range(2)]
+        views += [torch.empty(batch, 3, *d.local_crop_size, device="meta") for _ in range(d.local_crops_number)]
+        lam = torch.ones(batch, device="meta")
+        extra = extra_lam = None
+        if sem.enabled:
+            positive = sum(p for v, p in zip(sem.lambda_values, sem.lambda_probs) if v > 0)
+            masked = round(2 * batch * positive)
+            extra = torch.empty(masked, 3, *d.global_crop_size, device="meta")
+            extra_lam = torch.ones(masked, device="meta")
+
+        def one_step():
+            with torch.no_grad():
+                teacher_meta(views[:2], [lam, lam], extra=torch.cat(views[:2]) if sem.enabled else None,
+                             extra_weights=torch.ones(2 * batch, device="meta") if sem.enabled else None)
+            out = student_meta(views, [lam] * len(views), extra=extra, extra_weights=extra_lam)
+            total = out.logits.float().sum()
+            if out.part_logits is not None:
+                total = total + out.part_logits.float().sum()
+            total.backward()
+
+        return count_flops(one_step)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        print(f"warning: FLOPs of the training step not counted ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
 
 
 # ============================================================================== outputs
@@ -570,35 +637,6 @@ def run_knn(t: Trainer, splits) -> dict:
         return knn_reid(t.teacher.backbone, splits, size=cfg.data.global_crop_size, mean=cfg.data.pixel_mean,
                         std=cfg.data.pixel_std, batch_size=cfg.knn_eval.batch_size, device=t.accelerator.device,
                         semantic_weight=cfg.knn_eval.semantic_weight, num_workers=min(cfg.data.num_workers, 4))
-
-
-class LogWindow:
-    """Sums of per-step statistics between two log lines, averaged over steps and processes."""
-
-    def __init__(self, keys: list[str]):
-        self.keys = keys
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums, self.counts = defaultdict(float), defaultdict(int)
-        self.steps, self.skipped, self.started = 0, 0, time.time()
-
-    def add(self, stats: dict[str, float], finite: bool) -> None:
-        self.steps += 1
-        self.skipped += 0 if finite else 1
-        for k, v in stats.items():
-            if math.isfinite(v):
-                self.sums[k] += v
-                self.counts[k] += 1
-
-    def summary(self, acc: Accelerator) -> dict[str, float]:
-        vector = torch.tensor([self.sums[k] for k in self.keys] + [float(self.counts[k]) for k in self.keys]
-                              + [float(self.skipped)], dtype=torch.float64, device=acc.device)
-        vector = acc.reduce(vector, reduction="sum").tolist()
-        n = len(self.keys)
-        out = {k: vector[i] / vector[n + i] for i, k in enumerate(self.keys) if vector[n + i] > 0}
-        out["skipped_steps"] = vector[2 * n]
-        return out
 
 
 # Settings a resumed run may not change (they change the model, the data or the schedules).
@@ -676,6 +714,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     claim_results_dir(accelerator, out_dir, resume_from=resume_from, overwrite=args.overwrite, script="pretrain/run.py",
                       cleanup=cleanup, config=config_to_dict(cfg), fixed=RESUME_FIXED, free=RESUME_FREE)
 
+    flops = step_flops(cfg, student, teacher)  # before prepare: the plain modules
     student, optimizer = accelerator.prepare(student, optimizer)
     teacher.to(accelerator.device)
     dino_loss.to(accelerator.device)
@@ -692,12 +731,24 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                               "from its backbone.safetensors (model.init_from)")
             return 0
 
-    trainer = Trainer(accelerator, cfg, student, teacher, dino_loss, optimizer, schedules, StopRequest())
+    fused_optimizer(optimizer.optimizer)  # skips a non-finite step on the device (after a resume too)
+    guard = NonFiniteGuard(cfg.train.max_nan_steps, script="pretrain/run.py", checkpoint_dir=checkpoint_dir,
+                           advice="Lower optim.lr, raise optim.warmup_epochs, use train.mixed_precision=bf16 or no")
+    guard.streak = progress.nan_streak
+    stop = StopRequest()
+    control = StepControl(accelerator, stop, guard)
+    compiled = {}
+    if cfg.train.compile:  # the eager modules stay for the EMA, kNN, saving and unwrapping
+        compiled = {"student_forward": torch.compile(student, mode=cfg.train.compile_mode),
+                    "teacher_forward": torch.compile(teacher, mode=cfg.train.compile_mode)}
+    trainer = Trainer(accelerator, cfg, student, teacher, dino_loss, optimizer, schedules, stop, control, **compiled)
     knn_splits = load_query_gallery(cfg.knn_eval.dataset_dir) if cfg.knn_eval.dataset_dir and main_process else None
     stat_keys = ["loss", "loss_dino", "loss_part", "part_accuracy", "fg_ratio", "semantic_views", "masked_views",
                  "cluster_background", *[f"cluster_part{k}" for k in range(1, cfg.semantic.num_parts + 1)],
-                 "teacher_entropy", "teacher_batch_entropy", "teacher_kl_to_center"]
-    window = LogWindow(stat_keys)
+                 "teacher_entropy", "teacher_batch_entropy", "teacher_kl_to_center", "skipped"]
+    window = DeviceSums(stat_keys, accelerator.device)  # read once per train.log_every steps
+    name, precision = device_name(accelerator.device), precision_key(cfg.train.mixed_precision)
+    meter = ThroughputMeter(flops, total_batch, world, peak_tflops(name, precision))
     log_path = out_dir / "log.jsonl"
 
     def write_log(record: dict) -> None:
@@ -722,54 +773,71 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         save_resolved_config(cfg, out_dir)
         print(f"training on {world} process(es) (world size {world}): {cfg.data.batch_size_per_device} images per "
               f"process per step, {data.iters_per_epoch} steps per epoch, {cfg.optim.epochs} epochs; {data.summary}")
+        print(describe_cost(flops, cfg.data.batch_size_per_device, name, precision, meter.peak))
+        if cfg.train.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            print("note: train.mixed_precision=fp16 has no effect on the CPU (Accelerate trains in float32 there; "
+                  "bf16 autocasts)", file=sys.stderr)
     accelerator.init_trackers("pretrain")
     if cfg.knn_eval.at_start and progress.step == 0:
         knn_record(0)
 
     epochs = cfg.optim.epochs
-    guard = NonFiniteGuard(cfg.train.max_nan_steps, script="pretrain/run.py", checkpoint_dir=checkpoint_dir,
-                           advice="Lower optim.lr, raise optim.warmup_epochs, use train.mixed_precision=bf16 or no")
-    guard.streak = progress.nan_streak
 
     def checkpoint() -> Path:
         return save_checkpoint(accelerator, checkpoint_dir, progress.state_dict(), state=extra_state,
                                keep_last=cfg.train.keep_last,
                                keep_every=cfg.train.checkpoint_every)
 
-    with trainer.stop:
+    def stop_here() -> int:
+        saved = checkpoint()
+        accelerator.print(f"SIGTERM: saved {saved} at step {progress.step}; exiting")
+        accelerator.print(describe_outputs(out_dir, "backbone.safetensors"))
+        accelerator.end_training()
+        return 0
+
+    with stop:
         for epoch in range(progress.epoch, epochs):
             student.train()
             teacher.train()
             bar = tqdm(total=data.iters_per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not main_process)
+            meter.reset()
             for views in data.batches(epoch, progress.batch):
                 step = progress.step
                 result = train_one_step(trainer, views, step)
+                control.record(result.skipped, step)
+                window.add({**result.stats, "skipped": result.skipped})
+                meter.step()
                 progress.step += 1
                 progress.batch += 1
-                window.add(result.stats, result.finite)
                 bar.update(1)
-                bar.set_postfix(loss=f"{result.stats['loss']:.3f}")
-                guard.update(result.finite, result.stats["loss"], step=step, epoch=epoch + 1, accelerator=accelerator)
+                if progress.step % cfg.train.log_every != 0 and not control.stop_now():
+                    continue
+                # The loop's one host read per train.log_every steps: non-finite streak, stop
+                # requests, then the window's statistics.
+                stopping = control.check(step=progress.step, epoch=epoch + 1)
                 progress.nan_streak = guard.streak
-                if progress.step % cfg.train.log_every == 0 or result.stop:
-                    seconds = time.time() - window.started
-                    record = {"step": progress.step, "epoch": epoch + progress.batch / data.iters_per_epoch,
-                              "steps": window.steps, **window.summary(accelerator),
-                              "lr": float(schedules.lr[step]), "weight_decay": float(schedules.weight_decay[step]),
-                              "teacher_momentum": float(schedules.momentum[step]), "teacher_temp": float(
-                                  schedules.teacher_temp[step]), "world_size": world,
-                              "images_per_second": window.steps * total_batch / max(seconds, 1e-9)}
-                    write_log(record)
-                    window.reset()
-                if result.stop:
+                summary = window.means(accelerator)
+                steps = summary.pop("steps")
+                summary["skipped_steps"] = round(summary.pop("skipped", 0.0) * steps)
+                rates = meter.read()
+                record = {"step": progress.step, "epoch": epoch + progress.batch / data.iters_per_epoch,
+                          "steps": steps, **summary,
+                          "lr": float(schedules.lr[step]), "weight_decay": float(schedules.weight_decay[step]),
+                          "teacher_momentum": float(schedules.momentum[step]), "teacher_temp": float(
+                              schedules.teacher_temp[step]), "world_size": world, **rates}
+                write_log(record)
+                window.reset()
+                if "loss" in summary:
+                    bar.set_postfix(loss=f"{summary['loss']:.3f}", **meter.postfix(rates))
+                if stopping:
                     bar.close()
-                    saved = checkpoint()
-                    accelerator.print(f"SIGTERM: saved {saved} at step {progress.step}; exiting")
-                    accelerator.print(describe_outputs(out_dir, "backbone.safetensors"))
-                    accelerator.end_training()
-                    return 0
+                    return stop_here()
             bar.close()
+            stopping = control.check(step=progress.step, epoch=epoch + 1)  # before the epoch's checkpoint
+            progress.nan_streak = guard.streak
+            if stopping:  # seen at the epoch's end (several processes): the resumed run ends the epoch
+                return stop_here()
             progress.epoch, progress.batch = epoch + 1, 0
             if (epoch + 1) % cfg.knn_eval.every_epochs == 0 or epoch + 1 == epochs:
                 knn_record(epoch + 1)

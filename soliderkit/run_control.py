@@ -2,8 +2,13 @@
 
 - :class:`StopRequest`: SIGTERM sets a flag; the loop saves a checkpoint at the end of the
   current step and exits 0 (how SLURM / Kubernetes stop a job).
-- :func:`agree`: one collective per step tells every process whether any process saw a
-  non-finite loss (all skip the step) or a stop request (all stop), so DDP never hangs.
+- :class:`StepControl`: the per-step checks of both loops without a host sync. A non-finite
+  loss on any process skips the optimizer step on the device (fused optimizers take a
+  ``found_inf`` flag, as under a GradScaler: :func:`optimizer_step`); the streak of such steps
+  is counted on the device and read, with the stop request of every process, in one collective
+  per logging interval (:meth:`StepControl.check`). A single process looks at SIGTERM after
+  every step (a host flag: no sync); several processes agree on it at the next check.
+- :func:`agree`: the same decision as one blocking collective (for callers outside the loops).
 - :class:`NonFiniteGuard`: counts skipped steps in a row and aborts with advice after N.
 - Checkpoints are ``checkpoints/step_NNNNNNNN/`` folders: the accelerate state plus our own
   state as safetensors + JSON (never pickle) and ``progress.json`` (our counters), all written
@@ -24,6 +29,7 @@ import ctypes
 import fcntl
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -35,6 +41,7 @@ from typing import Iterable, Iterator
 import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from soliderkit.io import move_aside
 
@@ -187,6 +194,187 @@ class NonFiniteGuard:
                 f"{self.script}: the loss was not finite for {self.streak} step(s) in a row (last: step {step}, "
                 f"epoch {epoch}); train.max_nan_steps={self.max_in_a_row}. {self.advice}, or resume from the "
                 f"last checkpoint in {self.checkpoint_dir}")
+
+
+def fused_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Make ``optimizer`` (SGD / Adam / AdamW, all of whose parameters are floating point on one
+    device type that has fused kernels) run fused and ready to skip a step on the device.
+
+    Fused kernels update every parameter of a group in one launch and take ``found_inf``: a
+    flag tensor that turns the update into a no-op (step counts included) without the host
+    reading it; torch's GradScaler uses the same hook. SGD's momentum buffers are created as
+    zeros here: torch's fused SGD leaves them uninitialised when its very first step is skipped,
+    and with ``dampening=0`` a zero buffer gives the same first update as the lazy copy.
+    Returns the optimizer; one that cannot be fused is left as it is (:func:`optimizer_step`
+    then reads the flag on the host).
+    """
+    kinds = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if not isinstance(optimizer, kinds) or not params:
+        return optimizer
+    supported = _get_fused_kernels_supported_devices()
+    if any(not p.is_floating_point() or p.device.type not in supported for p in params):
+        return optimizer
+    if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and any(
+            g.get("amsgrad") or g.get("differentiable") for g in optimizer.param_groups):
+        return optimizer
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+        if isinstance(optimizer, torch.optim.SGD) and group["momentum"] != 0 and group["dampening"] == 0:
+            for p in group["params"]:
+                optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+        if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            for p in group["params"]:  # fused kernels keep step counts beside the parameters
+                step = optimizer.state.get(p, {}).get("step")
+                if torch.is_tensor(step) and step.device != p.device:
+                    optimizer.state[p]["step"] = step.to(p.device)
+    optimizer._step_supports_amp_scaling = True
+    return optimizer
+
+
+def is_fused(optimizer) -> bool:
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    return bool(inner.param_groups) and all(g.get("fused") for g in inner.param_groups)
+
+
+def optimizer_step(optimizer, skip: torch.Tensor, scaler=None) -> None:
+    """``optimizer.step()`` unless ``skip`` (a 0-d device tensor, nonzero = skip) is set.
+
+    With a GradScaler (fp16) the scaler decides: a non-finite loss makes non-finite gradients,
+    which it skips like any overflow. A fused optimizer gets ``skip`` as its ``found_inf``: no
+    host sync. Any other optimizer reads ``skip`` on the host (one sync).
+    """
+    if scaler is not None:
+        optimizer.step()
+        return
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if is_fused(inner):
+        inner.found_inf = skip.float()
+        try:
+            optimizer.step()
+        finally:
+            del inner.found_inf
+    elif not bool(skip):
+        optimizer.step()
+
+
+def nonfinite_flag(accelerator: Accelerator, loss: torch.Tensor) -> torch.Tensor:
+    """1.0 when ``loss`` is not finite on some process, else 0.0: a 0-d tensor on the device, the
+    same on every process (one small all-reduce when there are several; no host sync)."""
+    flag = (~torch.isfinite(loss.detach().float())).any().float()
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum").clamp(max=1.0)
+    return flag
+
+
+class StepControl:
+    """What the loop must know after each step, kept on the device until one read per interval.
+
+    ``skip = control.nonfinite(loss)`` before the optimizer step: 1 when the loss is not finite
+    on some process (the same 0-d tensor on every process, one small all-reduce on the device, no
+    host sync); ``control.record(skip, step)`` after it. ``control.stop_now()`` is for every step:
+    a single process answers SIGTERM at once from the host flag; with several processes it is
+    False and :meth:`check` (every logging interval, before checkpoints) reads, in one collective,
+    the stop requests of all processes and the non-finite streak: it warns about skipped steps and
+    raises :class:`NonFiniteGuard`'s error when more than ``max_nan_steps`` came in a row.
+    """
+
+    def __init__(self, accelerator: Accelerator, stop: StopRequest, guard: NonFiniteGuard):
+        self.accelerator, self.stop, self.guard = accelerator, stop, guard
+        device = accelerator.device
+        self.world = accelerator.num_processes
+        self.streak = torch.full((), float(guard.streak), device=device)  # non-finite steps in a row, now
+        self.skipped = torch.zeros((), device=device)  # non-finite steps since the last check
+        self.last_skipped = torch.full((), -1.0, device=device)  # step of the newest of them
+        self.exceeded = torch.full((), -1.0, device=device)  # first step whose streak passed max_nan_steps
+        self.exceeded_streak = torch.zeros((), device=device)
+        self._pending: torch.Tensor | None = None  # skip flag of the micro-batches accumulated so far
+
+    def nonfinite(self, loss: torch.Tensor) -> torch.Tensor:
+        return nonfinite_flag(self.accelerator, loss)
+
+    def skip_flag(self, flag: torch.Tensor, sync_gradients: bool) -> torch.Tensor:
+        """The flag for the optimizer step: with gradient accumulation, a non-finite micro-batch
+        (its NaN gradients are in the sum) skips the whole accumulated step."""
+        pending = flag if self._pending is None else torch.maximum(self._pending, flag)
+        self._pending = None if sync_gradients else pending
+        return pending
+
+    def record(self, skip: torch.Tensor, step: int) -> None:
+        self.streak = (self.streak + 1.0) * skip
+        self.skipped = self.skipped + skip
+        self.last_skipped = torch.where(skip > 0, float(step), self.last_skipped)
+        first = (self.streak > self.guard.max_in_a_row) & (self.exceeded < 0)
+        self.exceeded = torch.where(first, float(step), self.exceeded)
+        self.exceeded_streak = torch.where(first, self.streak, self.exceeded_streak)
+
+    def stop_now(self) -> bool:
+        return self.world == 1 and self.stop.requested
+
+    def check(self, *, step: int, epoch: int) -> bool:
+        """One collective and one host read. Returns whether some process was asked to stop."""
+        values = torch.stack([self.skipped, self.last_skipped, self.exceeded, self.exceeded_streak, self.streak,
+                              torch.full((), float(self.stop.requested), device=self.skipped.device)])
+        if self.world > 1:  # the first five are equal on every process; stop requests add up
+            values = self.accelerator.reduce(values, reduction="sum") / torch.tensor(
+                [self.world] * 5 + [1], dtype=values.dtype, device=values.device)
+        skipped, last, exceeded, exceeded_streak, streak, stop = values.tolist()
+        self.guard.streak = round(streak)
+        self.skipped.zero_()
+        if skipped:
+            self.accelerator.print(f"warning: non-finite loss in {round(skipped)} step(s) up to step "
+                                   f"{int(last) + 1}; those steps were skipped", file=sys.stderr)
+        if exceeded >= 0:
+            g = self.guard
+            raise SystemExit(
+                f"{g.script}: the loss was not finite for {round(exceeded_streak)} step(s) in a row (at step "
+                f"{int(exceeded) + 1}, epoch {epoch}; seen at the check after step {step}); train.max_nan_steps="
+                f"{g.max_in_a_row}. {g.advice}, or resume from the last checkpoint in {g.checkpoint_dir}")
+        return stop > 0
+
+
+class DeviceSums:
+    """Per-step values summed on the device, read on the host once (a logging interval, an epoch).
+
+    ``add(values, skip)``: ``values`` maps names to 0-d tensors or host floats (written into a
+    device tensor by a fill, not a copy: no sync); a missing name, a non-finite value, or every
+    value of a step whose ``skip`` flag is set, is left out of its mean. ``means()`` returns
+    ``{name: mean}`` for the names seen at least once, plus ``steps``; with ``accelerator`` the
+    sums of every process are added first (the read's one collective).
+    """
+
+    def __init__(self, keys: Iterable[str], device: torch.device):
+        self.keys, self.device = list(keys), device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros(len(self.keys), dtype=torch.float64, device=self.device)
+        self.counts = torch.zeros(len(self.keys), dtype=torch.float64, device=self.device)
+        self.steps = 0
+
+    def add(self, values: dict, skip: torch.Tensor | None = None) -> None:
+        self.steps += 1
+        row = []
+        for key in self.keys:
+            value = values.get(key, math.nan)
+            row.append(value.detach().reshape(()).float() if torch.is_tensor(value)
+                       else torch.full((), float(value), device=self.device))
+        vector = torch.stack(row).double()
+        keep = torch.isfinite(vector)
+        if skip is not None:
+            keep = keep & (skip == 0)
+        self.sums += torch.where(keep, vector, 0.0)
+        self.counts += keep.double()
+
+    def means(self, accelerator: Accelerator | None = None) -> dict[str, float]:
+        n = len(self.keys)
+        vector = torch.cat([self.sums, self.counts])
+        if accelerator is not None and accelerator.num_processes > 1:
+            vector = accelerator.reduce(vector, reduction="sum")
+        values = vector.tolist()
+        out = {k: values[i] / values[n + i] for i, k in enumerate(self.keys) if values[n + i] > 0}
+        out["steps"] = self.steps
+        return out
 
 
 # ------------------------------------------------------------------------------ checkpoints

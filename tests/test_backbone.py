@@ -203,6 +203,63 @@ def test_stages_use_full_7x7_windows():
     assert tables == {(169,)}
 
 
+# --- attention path ------------------------------------------------------------------------
+
+def test_attention_goes_through_sdpa_and_equals_the_explicit_softmax():
+    """Our blocks turn timm's fused_attn on (timm leaves it off for Swin); the relative-position
+    bias and the shifted-window masks go into scaled_dot_product_attention as attn_mask."""
+    from soliderkit.backbone.swin import set_fused_attention
+
+    model = _pico().train()
+    attns = [b.attn for s in model.layers for b in s.blocks]
+    assert attns and all(a.fused_attn for a in attns)
+    assert any(b.shift_size[0] for s in model.layers for b in s.blocks)  # masked windows are covered
+    with torch.no_grad():
+        for a in attns:
+            a.relative_position_bias_table.normal_(std=0.5)
+    x = _images(batch=2)
+    results = []
+    for fused in (True, False):
+        set_fused_attention(model, fused)
+        model.zero_grad()
+        out = model(x, semantic_weight=0.3).pooled
+        out.pow(2).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):  # float32 rounding, relative to each gradient's scale
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+def test_shifted_window_mask_is_built_once_per_input_size():
+    from soliderkit.backbone import swin
+
+    swin._SHIFT_MASKS.clear()
+    built = []
+    original = PadThenShiftBlock.get_attn_mask
+
+    def counting(self, x=None, device=None, dtype=None):
+        built.append(tuple(x.shape[1:3]))
+        return original(self, x, device, dtype)
+
+    model = _pico()
+    PadThenShiftBlock.get_attn_mask = counting
+    try:
+        with torch.inference_mode():  # a mask first built under inference_mode still trains
+            model(_images(batch=1))
+        first = len(built)
+        model.train()
+        model(_images(batch=2)).pooled.sum().backward()  # same size, other batch: nothing rebuilt
+        model(_images(batch=1, size=(128, 64)))  # a new size: its own masks
+    finally:
+        PadThenShiftBlock.get_attn_mask = original
+    shifted_stages = sum(any(b.shift_size[0] for b in s.blocks) for s in model.layers)
+    assert first == shifted_stages  # one per stage with shifted blocks, not one per block call
+    assert len(built) == 2 * shifted_stages
+    for (hp, wp, *_), mask in swin._SHIFT_MASKS.items():  # the cached masks are timm's construction
+        block = next(b for s in model.layers for b in s.blocks if b.shift_size[0])
+        torch.testing.assert_close(mask, original(block, torch.zeros(1, hp, wp, 1)), rtol=0, atol=0)
+
+
 # --- checkpoint I/O ---------------------------------------------------------------------
 
 def test_safetensors_round_trip_and_strict_key_report(tmp_path):

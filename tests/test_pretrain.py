@@ -193,7 +193,7 @@ def test_one_step_updates_student_part_classifier_and_teacher_by_ema(tiny_world,
     views = [torch.randn(4, 3, 128, 64), torch.randn(4, 3, 128, 64), torch.randn(4, 3, 64, 32)]
 
     result = run.train_one_step(trainer, views, step=0)
-    assert result.finite and not result.stop
+    assert result.finite  # SIGTERM is the loop's (StepControl), not the step's
     assert result.stats["loss_part"] > 0 and result.stats["masked_views"] > 0
 
     after_s = plain.state_dict()

@@ -32,6 +32,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.swin_transformer import (
     PatchMerging,
     SwinTransformerBlock,
+    WindowAttention,
     window_partition,
     window_reverse,
 )
@@ -45,8 +46,52 @@ class BackboneOutput(NamedTuple):
     feature_maps: list[torch.Tensor]  # one (B, C_i, H_i, W_i) map per requested stage
 
 
+# Shifted-window masks depend only on the padded map size, the window and the shift: every
+# shifted block of a stage (and every step) reuses one, built on first use. Bounded so that a
+# model fed many input sizes cannot grow it without end.
+_SHIFT_MASKS: dict[tuple, torch.Tensor] = {}
+_SHIFT_MASKS_MAX = 64
+
+
+def shifted_window_mask(block: SwinTransformerBlock, padded: torch.Tensor) -> torch.Tensor:
+    """timm's mask for ``block`` on the padded, rolled map ``padded`` (B, Hp, Wp, C), built once per
+    (Hp, Wp, window, shift, device, dtype). While tracing (ONNX) or compiling it is built inline,
+    so graphs never capture a cached tensor."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return block.get_attn_mask(padded)
+    key = (padded.shape[1], padded.shape[2], tuple(block.window_size), tuple(block.shift_size),
+           padded.device, padded.dtype)
+    mask = _SHIFT_MASKS.get(key)
+    if mask is None:
+        # A plain tensor even when first built under inference_mode (evaluation before training).
+        with torch.inference_mode(False), torch.no_grad():
+            mask = block.get_attn_mask(padded)
+        if len(_SHIFT_MASKS) >= _SHIFT_MASKS_MAX:
+            _SHIFT_MASKS.pop(next(iter(_SHIFT_MASKS)))
+        _SHIFT_MASKS[key] = mask
+    return mask
+
+
+def set_fused_attention(module: nn.Module, enabled: bool = True) -> None:
+    """Window attention through ``F.scaled_dot_product_attention`` (fused kernels: flash /
+    memory-efficient / cuDNN on GPUs, the fused CPU kernel) or timm's explicit softmax(QK^T)V.
+    timm leaves it off for Swin (``use_fused_attn(experimental=True)``); our blocks turn it on.
+    The relative-position bias and the shifted-window mask go in as ``attn_mask``."""
+    for sub in module.modules():
+        if isinstance(sub, WindowAttention):
+            sub.fused_attn = enabled
+
+
 class PadThenShiftBlock(SwinTransformerBlock):
-    """timm's Swin block with SOLIDER's window order: pad, then shift, mask on the padded map."""
+    """timm's Swin block with SOLIDER's window order: pad, then shift, mask on the padded map.
+
+    Attention runs through PyTorch's scaled-dot-product path (``set_fused_attention``), and
+    the shifted-window mask is built once per input size (``shifted_window_mask``).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.attn.fused_attn = True
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
         _, height, width, channels = x.shape
@@ -61,7 +106,7 @@ class PadThenShiftBlock(SwinTransformerBlock):
             x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
             # timm's mask builder labels regions of whatever map it is given; giving it
             # the padded map is exactly the mmcv construction.
-            mask = self.get_attn_mask(x)
+            mask = shifted_window_mask(self, x)
         else:
             mask = None
 
@@ -113,12 +158,14 @@ class SemanticController(nn.Module):
     def forward(self, x: torch.Tensor, index: int, encoded: torch.Tensor,
                 active: torch.Tensor | None) -> torch.Tensor:
         # x: (B, H, W, C); encoded: (B, 2) = [lambda, 1 - lambda]
-        scale = F.softplus(self.scale[index](encoded))[:, None, None, :]
-        shift = self.shift[index](encoded)[:, None, None, :]
-        modulated = x * scale + shift
-        if active is None:  # every sample has lambda >= 0
-            return modulated
-        return torch.where(active[:, None, None, None], modulated, x)
+        scale = F.softplus(self.scale[index](encoded))
+        shift = self.shift[index](encoded)
+        if active is not None:
+            # Samples with lambda < 0 get scale 1 and shift 0, i.e. x unchanged (exactly: x * 1 + 0
+            # is x), and give the controller no gradient; chosen on (B, C), not on the whole map.
+            scale = torch.where(active[:, None], scale, torch.ones_like(scale))
+            shift = torch.where(active[:, None], shift, torch.zeros_like(shift))
+        return x * scale[:, None, None, :] + shift[:, None, None, :]
 
 
 class SwinBackbone(nn.Module):
@@ -217,7 +264,10 @@ class SwinBackbone(nn.Module):
     def _encode_lambda(self, semantic_weight, x: torch.Tensor):
         """Return ([lambda, 1 - lambda] per sample, mask of samples with lambda >= 0).
 
-        (None, None) means no sample is modulated; a mask of None means every sample is.
+        (None, None) means no sample is modulated; a mask of None means every sample is. A
+        tensor lambda never reads its values on the host (no device sync in a training step):
+        its mask is applied on the device, and a batch with every lambda < 0 gives the unchanged
+        tokens through the controller (the same values as skipping it, zero controller gradient).
         """
         if semantic_weight is None:
             semantic_weight = self.semantic_weight
@@ -230,11 +280,8 @@ class SwinBackbone(nn.Module):
             if lam.shape[0] != batch:
                 raise ValueError(f"semantic_weight has {lam.shape[0]} values for a batch of {batch}")
             active = lam >= 0
-            if not tracing:
-                if not bool(active.any()):
-                    return None, None
-                if bool(active.all()):
-                    active = None
+            if self.controller is None and not tracing and not bool(active.any()):
+                return None, None  # no controller and nothing to modulate (the check syncs; no hot path has it)
         else:
             if semantic_weight < 0:
                 return None, None

@@ -268,7 +268,17 @@ class TrainConfig:
     optim: OptimConfig = option(OptimConfig())
     grad_clip: float = option(0.0)  # max gradient norm; 0 = no clipping
     # EXTENSIONS (not in TAO):
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no")  # autocast precision for training
+    # autocast precision for training (Accelerate): bf16, or fp16 with a dynamic loss scale (GradScaler;
+    # a step whose gradients overflow is skipped by it, not counted as non-finite); on the CPU fp16 trains in float32
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no")
+    # torch.compile the training forward (and backward); the same losses as eager, faster after the first steps
+    compile: bool = option(False)
+    # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = \
+        option("default")
+    # steps between reads of the losses, images/s, TFLOP/s (TensorBoard, progress bar) and of the
+    # non-finite and stop checks: the loop's one host sync; with several processes SIGTERM stops here
+    log_every: int = option(20)
     gradient_accumulation_steps: int = option(1)  # micro-batches accumulated per optimizer step
     # checkpoints kept: the newest N (null = every checkpoint, as TAO) plus those of every K-th epoch
     keep_last: int | None = option(None)
@@ -278,7 +288,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         for key in ("num_epochs", "checkpoint_interval", "validation_interval",
-                    "gradient_accumulation_steps"):
+                    "gradient_accumulation_steps", "log_every"):
             require(getattr(self, key) >= 1, key, "must be >= 1")
         require(self.keep_last is None or self.keep_last >= 1, "keep_last",
                 "must be >= 1 (the newest checkpoint is what --resume uses), or null to keep all")

@@ -31,9 +31,13 @@ def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
 def hardest_pairs(dist: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distance to the farthest positive and the nearest negative of every anchor."""
     same = labels[:, None] == labels[None, :]
-    if not bool((same.sum(dim=1) > 1).all()) or bool(same.all()):
-        raise ValueError("batch-hard triplet loss needs >= 2 images per identity and >= 2 identities "
-                         "in every batch (use the identity sampler)")
+    usable = (same.sum(dim=1) > 1).all() & ~same.all()
+    message = ("batch-hard triplet loss needs >= 2 images per identity and >= 2 identities in every batch "
+               "(use the identity sampler)")
+    try:  # checked without a host sync: the CPU raises here, a GPU asserts on the device
+        torch._assert_async(usable, message)
+    except RuntimeError:
+        raise ValueError(message) from None
     hardest_positive = dist.masked_fill(~same, float("-inf")).amax(dim=1)
     hardest_negative = dist.masked_fill(same, float("inf")).amin(dim=1)
     return hardest_positive, hardest_negative

@@ -238,12 +238,21 @@ class OptimConfig:
 class TrainConfig:
     """Run control: precision, checkpoints, logging, resume."""
 
-    # autocast precision (DINO trains in fp16)
+    # autocast precision (DINO trains in fp16, with a dynamic loss scale: Accelerate's GradScaler skips
+    # a step whose gradients overflow, which is not counted as non-finite); on the CPU fp16 trains in float32
     mixed_precision: Literal["no", "fp16", "bf16"] = option("fp16")
+    # torch.compile the student's and the teacher's forward (and the student's backward); the same
+    # losses as eager, faster after the first steps (each crop size compiles once)
+    compile: bool = option(False)
+    # torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, max-autotune-no-cudagraphs
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = \
+        option("default")
     # a checkpoint is saved at every epoch end; keep the one of every N-th epoch (SOLIDER: saveckp_freq)
     checkpoint_every: int = option(5)
     keep_last: int = option(1)  # ... and the newest N checkpoints (an interrupted run's included)
-    log_every: int = option(50)  # log losses every N steps
+    # log losses, images/s and TFLOP/s every N steps; also when the non-finite and (with several
+    # processes) SIGTERM checks run: the loop's one host sync per N steps
+    log_every: int = option(50)
     # checkpoint folder to continue from (same step, schedules, data epoch); "auto" = the
     # newest in results_dir/checkpoints, or a fresh start when there is none; null = fresh start
     resume: str | None = option(None)

@@ -125,10 +125,11 @@ class MultiCropNetwork(nn.Module):
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip: torch.Tensor | None = None) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter both have.
 
-    Parameters are matched by name (the student's part classifier has no teacher twin).
+    Parameters are matched by name (the student's part classifier has no teacher twin). ``skip``
+    (a 0-d device tensor, nonzero = skip) leaves the teacher as it is without a host sync.
     """
     teacher_params = dict(teacher.named_parameters())
     pairs = [(teacher_params[n], p.detach()) for n, p in student.named_parameters() if n in teacher_params]
@@ -136,7 +137,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         missing = sorted(set(teacher_params) - {n for n, _ in student.named_parameters()})
         raise ValueError(f"teacher parameters without a student twin: {missing[:5]}")
     t, s = zip(*pairs)
-    torch._foreach_lerp_(list(t), [x.to(y.dtype) for x, y in zip(s, t)], 1.0 - momentum)
+    weight = 1.0 - momentum
+    if skip is not None:  # the same float32 weight as the scalar's, or 0
+        weight = torch.where(skip > 0, 0.0, torch.full((), weight, dtype=t[0].dtype, device=t[0].device))
+    torch._foreach_lerp_(list(t), [x.to(y.dtype) for x, y in zip(s, t)], weight)
 
 
 class DINOLoss(nn.Module):
@@ -168,14 +172,20 @@ class DINOLoss(nn.Module):
         return cross.masked_fill(same, 0.0).sum() / pairs
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """EMA of the teacher logits' batch mean, averaged over all processes (equal batches)."""
+    def update_center(self, teacher_logits: torch.Tensor, skip: torch.Tensor | None = None) -> None:
+        """EMA of the teacher logits' batch mean, averaged over all processes (equal batches);
+        ``skip`` (0-d device tensor, nonzero = skip) keeps the center without a host sync."""
         batch_center = reduce(teacher_logits.float().mean(dim=0, keepdim=True), reduction="mean")
-        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+        if skip is None:
+            self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+            return
+        updated = self.center.mul(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+        self.center.copy_(torch.where(skip > 0, self.center, updated))
 
 
 @torch.no_grad()
-def teacher_statistics(teacher_logits: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> dict[str, float]:
+def teacher_statistics(teacher_logits: torch.Tensor, center: torch.Tensor,
+                       teacher_temp: float) -> dict[str, torch.Tensor]:
     """Collapse signals of the teacher's targets (natural logs; log(out_dim) is the maximum).
 
     * ``teacher_entropy``: mean entropy of each image's centred, sharpened target. Near
@@ -195,5 +205,5 @@ def teacher_statistics(teacher_logits: torch.Tensor, center: torch.Tensor, teach
     raw = F.log_softmax(logits / teacher_temp, dim=-1)
     ref = F.log_softmax(center / teacher_temp, dim=-1)
     kl = (raw.exp() * (raw - ref)).sum(-1).mean()
-    return {"teacher_entropy": entropy.item(), "teacher_batch_entropy": batch_entropy.item(),
-            "teacher_kl_to_center": kl.item()}
+    # 0-d tensors on the logits' device: read once per logging interval, not per step
+    return {"teacher_entropy": entropy, "teacher_batch_entropy": batch_entropy, "teacher_kl_to_center": kl}

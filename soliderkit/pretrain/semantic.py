@@ -213,19 +213,24 @@ class PartClassifier(nn.Module):
 
 
 def part_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-              normalizer: float) -> tuple[torch.Tensor, torch.Tensor]:
+              normalizer: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-view weighted token cross-entropy: sum(weights[i] * CE(token)) / normalizer.
 
-    ``logits`` (N, T, K + 1), ``labels`` (N, T), ``weights`` (N,). Returns the loss and the
-    token accuracy over the views with a positive weight (NaN if there are none).
+    ``logits`` (N, T, K + 1), ``labels`` (N, T), ``weights`` (N,); ``normalizer`` a number or a
+    0-d tensor (no host read). Returns the loss and the token accuracy over the views with a
+    positive weight (NaN if there are none).
     """
     ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), reduction="none").view(labels.shape)
-    loss = (ce * weights[:, None].to(ce.dtype)).sum() / max(float(normalizer), 1.0)
+    if torch.is_tensor(normalizer):
+        denominator = normalizer.to(ce.dtype).clamp_min(1.0)
+    else:
+        denominator = max(float(normalizer), 1.0)
+    loss = (ce * weights[:, None].to(ce.dtype)).sum() / denominator
     with torch.no_grad():
         counted = (weights > 0)[:, None].expand_as(labels)
         correct = (logits.argmax(-1) == labels) & counted
-        accuracy = correct.sum().float() / counted.sum().clamp_min(1) if counted.any() \
-            else torch.tensor(float("nan"), device=logits.device)
+        total = counted.sum()
+        accuracy = torch.where(total > 0, correct.sum().float() / total.clamp_min(1), float("nan"))
     return loss, accuracy
 
 

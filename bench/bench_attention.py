@@ -1,0 +1,94 @@
+"""Swin window attention: scaled-dot-product (fused) vs timm's explicit softmax, and the shifted-
+window mask cached per input size vs rebuilt in every block call; measured back to back.
+
+    python bench/bench_attention.py [--arch swin_tiny_patch4_window7_224] [--size 256 128] [--batch 8]
+                                    [--repeats 5] [--threads 2] [--device cpu]
+
+Three variants of one forward + backward of the backbone (train mode, λ = 0.2): ``sdpa+cache``
+(what the backbone does: ``F.scaled_dot_product_attention`` with the relative-position bias and
+the window mask as ``attn_mask``, the mask built once per size), ``sdpa+rebuild`` (the mask built
+in every shifted block's call, as before) and ``explicit+cache`` (timm's softmax(QK^T + bias +
+mask)V). Variants rotate within each round so drift of a shared machine hits all; medians and the
+ratios to ``sdpa+cache`` are printed, and the largest output difference to it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from soliderkit.backbone import build_backbone, swin  # noqa: E402
+
+VARIANTS = ("sdpa+cache", "sdpa+rebuild", "explicit+cache")
+
+
+def configure(model: torch.nn.Module, variant: str) -> None:
+    swin.set_fused_attention(model, variant.startswith("sdpa"))
+    if variant.endswith("rebuild"):
+        swin.shifted_window_mask = lambda block, padded: block.get_attn_mask(padded)
+    else:
+        swin.shifted_window_mask = CACHED
+
+
+CACHED = swin.shifted_window_mask
+
+
+def time_pass(model: torch.nn.Module, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    pooled = model(images, semantic_weight=0.2).pooled
+    pooled.sum().backward()
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, pooled.detach()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="swin_tiny_patch4_window7_224")
+    parser.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1 (got {args.repeats})")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = build_backbone(args.arch, img_size=tuple(args.size), drop_path_rate=0.0).to(device).train()
+    images = torch.randn(args.batch, 3, *args.size, device=device)
+
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    outputs = {}
+    try:
+        for variant in VARIANTS:  # warm-up: allocator, kernel selection, the mask cache
+            configure(model, variant)
+            outputs[variant] = time_pass(model, images)[1]
+        for round_index in range(args.repeats):
+            shift = round_index % len(VARIANTS)
+            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                configure(model, variant)
+                times[variant].append(time_pass(model, images)[0])
+    finally:
+        configure(model, "sdpa+cache")
+
+    base = statistics.median(times["sdpa+cache"])
+    print(f"{args.arch} at {args.size[0]}x{args.size[1]}, batch {args.batch}, {args.device}, "
+          f"{args.threads} thread(s), forward + backward, median of {args.repeats}")
+    print(f"{'variant':<16}{'ms':>10}{'images/s':>10}{'time / sdpa+cache':>19}{'max |diff|':>12}")
+    for variant in VARIANTS:
+        seconds = statistics.median(times[variant])
+        diff = (outputs[variant] - outputs["sdpa+cache"]).abs().max().item()
+        print(f"{variant:<16}{seconds * 1000:>10.1f}{args.batch / seconds:>10.2f}{seconds / base:>19.3f}{diff:>12.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
