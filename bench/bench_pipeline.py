@@ -37,6 +37,7 @@ weightless ``meta`` copies); a GPU at ``--mfu`` of its dense bf16 peak consumes
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import itertools
 import logging
@@ -154,25 +155,30 @@ def step_flops_per_image(cfg: PretrainConfig) -> float:
                  if with_parts else None)
         return MultiCropNetwork(backbone, head, parts)
 
-    # built on the CPU, then moved to ``meta``: shapes only, nothing is computed when counting
-    student, teacher = network(s.enabled).to("meta"), network(False).to("meta")
-    batch = 2
-    empty = lambda n, size: torch.empty(n, 3, *size, device="meta")  # noqa: E731
-    views = [empty(batch, d.global_crop_size) for _ in range(2)]
-    views += [empty(batch, d.local_crop_size) for _ in range(d.local_crops_number)]
-    lam = torch.ones(batch, device="meta")
+    student, teacher = network(s.enabled), network(False)
 
-    def step() -> None:
-        with torch.no_grad():
-            teacher(views[:2], [lam, lam], extra=torch.cat(views[:2]) if s.enabled else None,
-                    extra_weights=torch.ones(2 * batch, device="meta") if s.enabled else None)
-        masked = empty(batch, d.global_crop_size) if s.enabled else None  # 2 globals x half of the images
-        out = student(views, [lam] * len(views), extra=masked,
-                      extra_weights=torch.ones(batch, device="meta") if s.enabled else None)
-        loss = out.logits.float().sum() + (out.part_logits.float().sum() if out.part_logits is not None else 0)
-        loss.backward()
+    def count_on(device: str, batch: int) -> float:
+        make = torch.empty if device == "meta" else torch.zeros
+        views = [make(batch, 3, *d.global_crop_size, device=device) for _ in range(2)]
+        views += [make(batch, 3, *d.local_crop_size, device=device) for _ in range(d.local_crops_number)]
+        lam, ones = torch.ones(batch, device=device), torch.ones(2 * batch, device=device)
+        copies = [copy.deepcopy(student).to(device), copy.deepcopy(teacher).to(device)]
 
-    return count_flops(step) / batch
+        def step() -> None:
+            with torch.no_grad():
+                copies[1](views[:2], [lam, lam], extra=torch.cat(views[:2]) if s.enabled else None,
+                          extra_weights=ones if s.enabled else None)
+            masked = make(batch, 3, *d.global_crop_size, device=device) if s.enabled else None  # half of the images
+            out = copies[0](views, [lam] * len(views), extra=masked, extra_weights=lam if s.enabled else None)
+            loss = out.logits.float().sum() + (out.part_logits.float().sum() if out.part_logits is not None else 0)
+            loss.backward()
+
+        return count_flops(step) / batch
+
+    try:  # weightless ``meta`` copies: shapes only, nothing computed
+        return count_on("meta", 2)
+    except (RuntimeError, NotImplementedError):  # a forward that reads a value: compute it, one image
+        return count_on("cpu", 1)
 
 
 def peak_for(device_name: str, fallback: float) -> float:
