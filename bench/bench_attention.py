@@ -2,14 +2,15 @@
 window mask cached per input size vs rebuilt in every block call; measured back to back.
 
     python bench/bench_attention.py [--arch swin_tiny_patch4_window7_224] [--size 256 128] [--batch 8]
-                                    [--repeats 5] [--threads 2] [--device cpu]
+                                    [--repeats 5] [--threads 2] [--device cpu] [--dtype no|bf16|fp16]
 
 Three variants of one forward + backward of the backbone (train mode, λ = 0.2): ``sdpa+cache``
 (what the backbone does: ``F.scaled_dot_product_attention`` with the relative-position bias and
 the window mask as ``attn_mask``, the mask built once per size), ``sdpa+rebuild`` (the mask built
 in every shifted block's call, as before) and ``explicit+cache`` (timm's softmax(QK^T + bias +
 mask)V). Variants rotate within each round so drift of a shared machine hits all; medians and the
-ratios to ``sdpa+cache`` are printed, and the largest output difference to it.
+ratios to ``sdpa+cache`` are printed, the largest output difference to it and, on a GPU, the
+peak memory of each variant's pass. ``bench/gpu_check.py`` runs it on the GPU.
 """
 from __future__ import annotations
 
@@ -38,14 +39,49 @@ def configure(model: torch.nn.Module, variant: str) -> None:
 CACHED = swin.shifted_window_mask
 
 
-def time_pass(model: torch.nn.Module, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+def time_pass(model: torch.nn.Module, images: torch.Tensor, dtype: str = "no") -> tuple[float, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     start = time.perf_counter()
-    pooled = model(images, semantic_weight=0.2).pooled
-    pooled.sum().backward()
+    with torch.autocast(images.device.type, dtype=getattr(torch, {"bf16": "bfloat16", "fp16": "float16"}.get(dtype, "float32")),
+                        enabled=dtype != "no"):
+        pooled = model(images, semantic_weight=0.2).pooled
+    pooled.float().sum().backward()
     if images.device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, pooled.detach()
+    return time.perf_counter() - start, pooled.detach().float()
+
+
+def measure(model: torch.nn.Module, images: torch.Tensor, repeats: int, dtype: str = "no") -> dict[str, dict]:
+    """Per variant: median seconds of ``repeats`` rotated rounds, peak CUDA memory (GiB, None on the
+    CPU), and the largest output difference to ``sdpa+cache``. Leaves the backbone as built."""
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    outputs, memory = {}, {}
+    cuda = images.device.type == "cuda"
+    try:
+        for variant in VARIANTS:  # warm-up: allocator, kernel selection, the mask cache; peak memory
+            configure(model, variant)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(images.device)
+            outputs[variant] = time_pass(model, images, dtype)[1]
+            memory[variant] = torch.cuda.max_memory_allocated(images.device) / 2**30 if cuda else None
+        for round_index in range(repeats):
+            shift = round_index % len(VARIANTS)
+            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                configure(model, variant)
+                times[variant].append(time_pass(model, images, dtype)[0])
+    finally:
+        configure(model, "sdpa+cache")
+    return {v: {"seconds": statistics.median(times[v]), "peak_memory_gib": memory[v],
+                "max_abs_diff": (outputs[v] - outputs["sdpa+cache"]).abs().max().item()} for v in VARIANTS}
+
+
+def print_results(results: dict[str, dict], batch: int) -> None:
+    base = results["sdpa+cache"]["seconds"]
+    print(f"{'variant':<16}{'ms':>10}{'images/s':>10}{'time / sdpa+cache':>19}{'max |diff|':>12}{'peak mem GiB':>14}")
+    for variant, r in results.items():
+        memory = "" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"
+        print(f"{variant:<16}{r['seconds'] * 1000:>10.1f}{batch / r['seconds']:>10.2f}{r['seconds'] / base:>19.3f}"
+              f"{r['max_abs_diff']:>12.2e}{memory:>14}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("no", "bf16", "fp16"), default="no", help="autocast precision")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1 (got {args.repeats})")
@@ -64,29 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     model = build_backbone(args.arch, img_size=tuple(args.size), drop_path_rate=0.0).to(device).train()
     images = torch.randn(args.batch, 3, *args.size, device=device)
-
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    outputs = {}
-    try:
-        for variant in VARIANTS:  # warm-up: allocator, kernel selection, the mask cache
-            configure(model, variant)
-            outputs[variant] = time_pass(model, images)[1]
-        for round_index in range(args.repeats):
-            shift = round_index % len(VARIANTS)
-            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                configure(model, variant)
-                times[variant].append(time_pass(model, images)[0])
-    finally:
-        configure(model, "sdpa+cache")
-
-    base = statistics.median(times["sdpa+cache"])
-    print(f"{args.arch} at {args.size[0]}x{args.size[1]}, batch {args.batch}, {args.device}, "
+    results = measure(model, images, args.repeats, args.dtype)
+    print(f"{args.arch} at {args.size[0]}x{args.size[1]}, batch {args.batch}, {args.device}, {args.dtype}, "
           f"{args.threads} thread(s), forward + backward, median of {args.repeats}")
-    print(f"{'variant':<16}{'ms':>10}{'images/s':>10}{'time / sdpa+cache':>19}{'max |diff|':>12}")
-    for variant in VARIANTS:
-        seconds = statistics.median(times[variant])
-        diff = (outputs[variant] - outputs["sdpa+cache"]).abs().max().item()
-        print(f"{variant:<16}{seconds * 1000:>10.1f}{args.batch / seconds:>10.2f}{seconds / base:>19.3f}{diff:>12.2e}")
+    print_results(results, args.batch)
     return 0
 
 

@@ -19,7 +19,9 @@ against ``soliderkit.throughput.PEAK_TFLOPS`` (empty for a GPU or precision not 
 seconds of the warm-up steps. Eager rows run first; compile rows follow while ``--budget`` seconds
 allow (each compilation takes about a minute), the rest are listed as skipped.
 
-Then the eager Swin-T fine-tune model (after its steps) is exported to ONNX with
+Then bench/bench_attention.py's comparison runs on the device (Swin-B forward + backward, batch 64:
+SDPA with the cached window mask vs the mask rebuilt per block vs timm's explicit softmax; time,
+peak memory). Then the eager Swin-T fine-tune model (after its steps) is exported to ONNX with
 ``soliderkit.finetune.export`` and compared with PyTorch in onnxruntime; with ``tensorrt``
 importable and a CUDA device, an fp16 engine is built from it (dynamic batch 1-64) and its
 embeddings compared with PyTorch's (the fp16 tolerance of ``finetune/export.py --fp16``) and timed.
@@ -279,6 +281,23 @@ def result_row(stage, arch, dtype, compiled, batch, flops, device, warm, seconds
             "step_ms": seconds / steps * 1000, "loss": loss}
 
 
+# ------------------------------------------------------------------------------ attention
+
+def attention_check(device: torch.device, quick: bool, dtype: str, repeats: int) -> dict:
+    """bench/bench_attention.py on this device: SDPA with the cached mask against the mask rebuilt per
+    block and against timm's explicit softmax (Swin-B forward + backward at 256x128, batch 64)."""
+    bench = load_script("bench/bench_attention.py")
+    arch, size, batch = (ARCHS["pico"], (64, 32), 2) if quick else (ARCHS["B"], (256, 128), 64)
+    torch.manual_seed(0)
+    from soliderkit.backbone import build_backbone
+
+    model = build_backbone(arch, img_size=size, drop_path_rate=0.0).to(device).train()
+    images = torch.randn(batch, 3, *size, device=device)
+    results = bench.measure(model, images, repeats, dtype)
+    return {"arch": arch, "size": size, "batch": batch, "dtype": dtype, "results": results,
+            "print": lambda: bench.print_results(results, batch)}
+
+
 # ------------------------------------------------------------------------------ deployment
 
 def onnx_check(model: torch.nn.Module, size: tuple[int, int], folder: Path, device: torch.device) -> dict:
@@ -411,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=270.0,
                         help="seconds for the whole check; compile rows that would not fit are skipped")
     parser.add_argument("--no-export", action="store_true", help="skip ONNX export and TensorRT")
+    parser.add_argument("--no-attention", action="store_true",
+                        help="skip the attention comparison (SDPA + cached mask vs rebuilt mask vs explicit softmax)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU rows)")
     args = parser.parse_args(argv)
@@ -467,6 +488,19 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows)
     report = {"device": args.device, "device_name": name, "torch": torch.__version__, "rows": rows}
+
+    if not args.no_attention:
+        dtype = "bf16" if "bf16" in args.dtypes else args.dtypes[0]
+        try:
+            attention = attention_check(device, args.quick, dtype, repeats=1 if args.quick else 3)
+            print(f"\nwindow attention, {attention['arch']} at {attention['size'][0]}x{attention['size'][1]}, "
+                  f"batch {attention['batch']}, {dtype}, forward + backward:")
+            attention.pop("print")()
+            report["attention"] = attention
+        except Exception as exc:  # noqa: BLE001
+            print(f"\nwindow attention: FAILED: {type(exc).__name__}: {exc}")
+            report["attention"] = {"error": str(exc)}
+        reset_memory(device)
 
     if not args.no_export and kept is not None:
         model, size = kept

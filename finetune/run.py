@@ -399,7 +399,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                 window = {**interval.means(accelerator), **meter.read()}
                 interval.reset()
                 if "loss" in window:
-                    bar.set_postfix(loss=f"{window['loss']:.3f}", **meter.postfix(window))
+                    bar.set_postfix({"loss": f"{window['loss']:.3f}", **meter.postfix(window)})
                 if tensorboard is not None:  # per interval, TensorBoard only (W&B keeps the epoch axis)
                     tensorboard.log({f"interval/{k}": v for k, v in window.items() if k != "steps"},
                                     step=progress.step)

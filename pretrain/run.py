@@ -829,7 +829,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                 write_log(record)
                 window.reset()
                 if "loss" in summary:
-                    bar.set_postfix(loss=f"{summary['loss']:.3f}", **meter.postfix(rates))
+                    bar.set_postfix({"loss": f"{summary['loss']:.3f}", **meter.postfix(rates)})
                 if stopping:
                     bar.close()
                     return stop_here()

@@ -185,8 +185,12 @@ def describe_cost(flops_per_step: int | None, images_per_step: int, name: str | 
     if not flops_per_step:
         return "step cost: FLOPs not counted"
     per_image = flops_per_step / max(images_per_step, 1)
-    where = (f"{name}, {precision} peak {peak:g} TFLOP/s" if peak else
-             f"{name or 'this device'}: no peak in soliderkit.throughput.PEAK_TFLOPS for {precision}, so no MFU")
+    if peak:
+        where = f"{name}, {precision} peak {peak:g} TFLOP/s"
+    elif name:
+        where = f"{name}: no {precision} peak in soliderkit.throughput.PEAK_TFLOPS, so no MFU"
+    else:
+        where = "not a CUDA device: no MFU"
     return (f"step cost: {flops_per_step / 1e12:.4g} TFLOP per step per process "
             f"({per_image / 1e9:.4g} GFLOP per image, forward + backward); {where}")
 

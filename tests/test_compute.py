@@ -415,3 +415,48 @@ def test_loops_log_throughput_and_run_under_bf16(tiny_world, tmp_path, capsys):
     [record] = [json.loads(line) for line in (tmp_path / "pt/log.jsonl").read_text().splitlines()]
     assert record["steps"] == 2 and record["skipped_steps"] == 0
     assert record["images_per_second"] > 0 and record["tflops_per_second"] > 0
+
+
+# --- the bench scripts ---------------------------------------------------------------------------
+
+BENCH = ROOT / "bench"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_the_same_code_paths_on_the_cpu(tmp_path, capsys):
+    """bench/gpu_check.py --quick on the CPU: both stages at bf16 and fp16 (the GradScaler path),
+    the table, ONNX export checked in onnxruntime; TensorRT reported as unavailable."""
+    check = load_script("bench/gpu_check.py")
+    report_path = tmp_path / "gpu_check.json"
+    assert check.main(["--device", "cpu", "--quick", "--threads", "1", "--json", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    rows = report["rows"]
+    assert {(r["stage"], r["dtype"], r["compile"]) for r in rows} == {
+        (s, d, "off") for s in ("finetune", "pretrain") for d in ("bf16", "fp16")}
+    for row in rows:
+        assert row["images_per_second"] > 0 and row["tflops_per_second"] > 0 and row["mfu"] is None
+        assert row["peak_memory_gib"] is None  # device memory: CUDA only
+    assert "| stage | arch | dtype | compile |" in out
+    assert report["onnx"]["failures"] == [] and "ONNX: exported and checked" in out
+    assert "TensorRT:" in out
+    assert set(report["attention"]["results"]) == {"sdpa+cache", "sdpa+rebuild", "explicit+cache"}
+    assert report["seconds"] < 60
+
+
+@pytest.mark.slow
+def test_attention_and_checkpointing_benches_print_their_ratios(capsys):
+    attention = load_script("bench/bench_attention.py")
+    assert attention.main(["--arch", PICO, "--size", "64", "32", "--batch", "2", "--repeats", "1",
+                           "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(sdpa\+cache|sdpa\+rebuild|explicit\+cache)\s+[\d.]+\s+[\d.]+\s+([\d.]+)\s+([\d.e+-]+)\s*$",
+                      out, re.M)
+    assert [r[0] for r in rows] == ["sdpa+cache", "sdpa+rebuild", "explicit+cache"]
+    assert float(rows[0][1]) == 1.0 and all(float(r[2]) < 1e-4 for r in rows)
+
+    checkpointing = load_script("bench/bench_grad_checkpointing.py")
+    assert checkpointing.main(["--arch", PICO, "--size", "64", "32", "--batch", "2", "--repeats", "1",
+                               "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"on / off: peak RSS [\d.]+, above the model [\d.]+, time [\d.]+", out)
