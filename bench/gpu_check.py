@@ -16,8 +16,9 @@ view masked: 48 copies) are the work done. ``--warmup`` steps (the compilation w
 then ``--steps`` timed steps between two device syncs. Columns: images/s, peak device memory
 (``torch.cuda.max_memory_allocated``), achieved TFLOP/s from ``FlopCounterMode``'s count, MFU
 against ``soliderkit.throughput.PEAK_TFLOPS`` (empty for a GPU or precision not in it), and the
-seconds of the warm-up steps. Eager rows run first; compile rows follow while ``--budget`` seconds
-allow (each compilation takes about a minute), the rest are listed as skipped.
+seconds of the warm-up steps. Order: the eager rows, the attention comparison, ONNX / TensorRT,
+then the compile rows while ``--budget`` seconds allow (each compilation takes about a minute; the
+rest are listed as skipped); the table is printed at the end.
 
 Then bench/bench_attention.py's comparison runs on the device (Swin-B forward + backward, batch 64:
 SDPA with the cached window mask vs the mask rebuilt per block vs timm's explicit softmax; time,
@@ -34,7 +35,6 @@ GPU. ``--quick`` uses the pico model at small sizes, one warm-up and two timed s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib.util
 import json
@@ -411,6 +411,55 @@ def print_table(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def attention_section(args, device: torch.device, report: dict) -> None:
+    dtype = "bf16" if "bf16" in args.dtypes else args.dtypes[0]
+    try:
+        attention = attention_check(device, args.quick, dtype, repeats=1 if args.quick else 3)
+        print(f"\nwindow attention, {attention['arch']} at {attention['size'][0]}x{attention['size'][1]}, "
+              f"batch {attention['batch']}, {dtype}, forward + backward:")
+        attention.pop("print")()
+        report["attention"] = attention
+    except Exception as exc:  # noqa: BLE001
+        print(f"\nwindow attention: FAILED: {type(exc).__name__}: {exc}")
+        report["attention"] = {"error": str(exc)}
+    reset_memory(device)
+
+
+def export_section(kept: tuple[torch.nn.Module, tuple[int, int]], device: torch.device, report: dict) -> None:
+    model, size = kept
+    with tempfile.TemporaryDirectory() as tmp:
+        print()
+        try:
+            onnx = onnx_check(model, size, Path(tmp), device)
+            worst = max(r["max_abs_diff"] for r in onnx["results"].values())
+            print(f"ONNX: exported and checked in {onnx['seconds']:.1f} s, opset {onnx['interface']['opset']}, "
+                  f"onnxruntime vs PyTorch max |diff| {worst:.2e} at batch 1 and 8: "
+                  f"{'OK' if not onnx['failures'] else 'FAILED ' + '; '.join(onnx['failures'])}")
+            report["onnx"] = {k: v for k, v in onnx.items() if k != "path"}
+        except Exception as exc:  # noqa: BLE001
+            onnx = None
+            print(f"ONNX: FAILED: {type(exc).__name__}: {exc}")
+            report["onnx"] = {"error": str(exc)}
+        if importlib.util.find_spec("tensorrt") is None:
+            print("TensorRT: the tensorrt package is not importable here: engine not built")
+        elif device.type != "cuda":
+            print("TensorRT: needs a CUDA device: engine not built")
+        elif onnx is not None:
+            try:
+                trt = tensorrt_check(onnx["path"], model, size, device)
+                worst = max(r["max_abs_diff"] for r in trt["results"].values())
+                cosine = min(r["min_cosine"] for r in trt["results"].values())
+                print(f"TensorRT {trt['version']}: fp16 engine built in {trt['build_seconds']:.1f} s; vs PyTorch "
+                      f"fp32 max |diff| {worst:.2e}, min cosine {cosine:.6f} at batch 1, 8, 64: "
+                      f"{'OK' if not trt['failures'] else 'FAILED ' + '; '.join(trt['failures'])}; "
+                      f"{trt['images_per_second']:.0f} images/s at batch 64")
+                report["tensorrt"] = trt
+            except Exception as exc:  # noqa: BLE001
+                print(f"TensorRT: FAILED: {type(exc).__name__}: {exc}")
+                report["tensorrt"] = {"error": str(exc)}
+    reset_memory(device)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -457,85 +506,57 @@ def main(argv: list[str] | None = None) -> int:
         peaks = {p: peak_tflops(name, precision_key(p)) for p in args.dtypes}
         print("dense peak TFLOP/s from the table: " + ", ".join(f"{k} {v if v else 'unknown (no MFU)'}"
                                                                for k, v in peaks.items()))
-    rows, kept = [], None
-    plan = [(stage, arch, dtype, compiled) for compiled in args.compile for dtype in args.dtypes
-            for arch in archs for stage in args.stages]
+    rows: list[dict] = []
+    report = {"device": args.device, "device_name": name, "torch": torch.__version__, "rows": rows}
+    kept = None
     compile_seconds: list[float] = []
-    for stage, arch, dtype, compiled in plan:
-        label = f"{stage} {arch} {dtype} compile {compiled}"
-        elapsed = time.perf_counter() - started
-        if compiled == "on":
-            needed = max(compile_seconds, default=60.0) * 1.2
-            if elapsed + needed > args.budget:
-                rows.append({"stage": stage, "arch": arch, "dtype": dtype, "compile": compiled,
-                             "skipped": f"skipped: {elapsed:.0f} s used, a compile row needs ~{needed:.0f} s"})
-                continue
-        print(f"... {label}", flush=True)
-        row_start = time.perf_counter()
-        try:
-            keep = kept is None and stage == "finetune" and compiled == "off" and arch in ("T", "pico")
-            row = run_row(stage, arch, dtype, compiled == "on", device, args, keep_model=keep)
-            if keep:
-                kept = (row.pop("_model"), row.pop("_size"))
-        except Exception as exc:  # noqa: BLE001 - one failing row must not hide the others
-            row = {"stage": stage, "arch": arch, "dtype": dtype, "compile": compiled,
-                   "skipped": f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
-        if compiled == "on":
-            compile_seconds.append(time.perf_counter() - row_start)
-        rows.append(row)
-        reset_memory(device)
 
+    def run_rows(compiled: str) -> None:
+        nonlocal kept
+        for dtype in args.dtypes:
+            for arch in archs:
+                for stage in args.stages:
+                    elapsed = time.perf_counter() - started
+                    if compiled == "on":
+                        needed = max(compile_seconds, default=60.0) * 1.2
+                        if elapsed + needed > args.budget:
+                            rows.append({"stage": stage, "arch": arch, "dtype": dtype, "compile": compiled,
+                                         "skipped": f"skipped: {elapsed:.0f} s used of the --budget, a compile "
+                                                    f"row needs ~{needed:.0f} s"})
+                            continue
+                    row_start = time.perf_counter()
+                    try:
+                        keep = kept is None and stage == "finetune" and compiled == "off" and arch in ("T", "pico")
+                        row = run_row(stage, arch, dtype, compiled == "on", device, args, keep_model=keep)
+                        if keep:
+                            kept = (row.pop("_model"), row.pop("_size"))
+                        print(f"... {stage} {arch} {dtype} compile {compiled}: {row['images_per_second']:.1f} "
+                              f"images/s ({time.perf_counter() - row_start:.0f} s)", flush=True)
+                    except Exception as exc:  # noqa: BLE001 - one failing row must not hide the others
+                        row = {"stage": stage, "arch": arch, "dtype": dtype, "compile": compiled,
+                               "skipped": f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"}
+                        print(f"... {stage} {arch} {dtype} compile {compiled}: {row['skipped']}", flush=True)
+                    if compiled == "on":
+                        compile_seconds.append(time.perf_counter() - row_start)
+                    rows.append(row)
+                    reset_memory(device)
+
+    # Eager rows, then the attention comparison and the deployment checks, then the compile rows
+    # with what is left of the budget (each compilation takes about a minute).
+    if "off" in args.compile:
+        run_rows("off")
+    if not args.no_attention:
+        attention_section(args, device, report)
+    if not args.no_export:
+        if kept is None:
+            print("\nONNX / TensorRT: no eager Swin-T fine-tune row ran, nothing to export")
+        else:
+            export_section(kept, device, report)
+    if "on" in args.compile:
+        run_rows("on")
     print()
     print_table(rows)
-    report = {"device": args.device, "device_name": name, "torch": torch.__version__, "rows": rows}
 
-    if not args.no_attention:
-        dtype = "bf16" if "bf16" in args.dtypes else args.dtypes[0]
-        try:
-            attention = attention_check(device, args.quick, dtype, repeats=1 if args.quick else 3)
-            print(f"\nwindow attention, {attention['arch']} at {attention['size'][0]}x{attention['size'][1]}, "
-                  f"batch {attention['batch']}, {dtype}, forward + backward:")
-            attention.pop("print")()
-            report["attention"] = attention
-        except Exception as exc:  # noqa: BLE001
-            print(f"\nwindow attention: FAILED: {type(exc).__name__}: {exc}")
-            report["attention"] = {"error": str(exc)}
-        reset_memory(device)
-
-    if not args.no_export and kept is not None:
-        model, size = kept
-        with tempfile.TemporaryDirectory() as tmp:
-            print()
-            try:
-                onnx = onnx_check(model, size, Path(tmp), device)
-                worst = max(r["max_abs_diff"] for r in onnx["results"].values())
-                print(f"ONNX: exported and checked in {onnx['seconds']:.1f} s, opset {onnx['interface']['opset']}, "
-                      f"onnxruntime vs PyTorch max |diff| {worst:.2e} at batch 1 and 8: "
-                      f"{'OK' if not onnx['failures'] else 'FAILED ' + '; '.join(onnx['failures'])}")
-                report["onnx"] = {k: v for k, v in onnx.items() if k != "path"}
-            except Exception as exc:  # noqa: BLE001
-                onnx = None
-                print(f"ONNX: FAILED: {type(exc).__name__}: {exc}")
-                report["onnx"] = {"error": str(exc)}
-            trt_available = importlib.util.find_spec("tensorrt") is not None
-            if not trt_available:
-                print("TensorRT: the tensorrt package is not importable here: engine not built")
-            elif device.type != "cuda":
-                print("TensorRT: needs a CUDA device: engine not built")
-            elif onnx is not None:
-                with contextlib.suppress(KeyboardInterrupt):
-                    try:
-                        trt_result = tensorrt_check(onnx["path"], model, size, device)
-                        worst = max(r["max_abs_diff"] for r in trt_result["results"].values())
-                        cos = min(r["min_cosine"] for r in trt_result["results"].values())
-                        print(f"TensorRT {trt_result['version']}: fp16 engine built in {trt_result['build_seconds']:.1f} s; "
-                              f"vs PyTorch fp32 max |diff| {worst:.2e}, min cosine {cos:.6f} at batch 1, 8, 64: "
-                              f"{'OK' if not trt_result['failures'] else 'FAILED ' + '; '.join(trt_result['failures'])}; "
-                              f"{trt_result['images_per_second']:.0f} images/s at batch 64")
-                        report["tensorrt"] = trt_result
-                    except Exception as exc:  # noqa: BLE001
-                        print(f"TensorRT: FAILED: {type(exc).__name__}: {exc}")
-                        report["tensorrt"] = {"error": str(exc)}
     total = time.perf_counter() - started
     print(f"\ngpu_check took {total:.0f} s")
     report["seconds"] = total
