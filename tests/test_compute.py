@@ -287,6 +287,24 @@ def test_a_non_finite_step_is_skipped_on_the_device(monkeypatch, optimizer):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
+def test_an_optimizer_resumed_from_a_foreach_state_is_fused_and_continues():
+    """A checkpoint written before the optimizers were fused (foreach state, CPU step counts)
+    continues under fused_optimizer: the same updates, within float rounding."""
+    def run(convert_at):
+        torch.manual_seed(0)
+        param = torch.nn.Parameter(torch.randn(64))
+        optimizer = torch.optim.AdamW([param], lr=1e-2, weight_decay=0.05)
+        for step in range(4):
+            if step == convert_at:
+                fused_optimizer(optimizer)
+                assert optimizer.param_groups[0]["fused"] and optimizer._step_supports_amp_scaling
+            param.grad = torch.linspace(-1, 1, 64) * (step + 1)
+            optimizer.step()
+        return param.detach()
+
+    torch.testing.assert_close(run(convert_at=2), run(convert_at=None), rtol=1e-6, atol=1e-7)
+
+
 def test_the_streak_is_read_once_per_check_and_aborts_past_the_limit(capsys):
     accelerator = _accelerator()
     control = StepControl(accelerator, StopRequest(), _guard(max_nan_steps=2))
