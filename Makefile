@@ -18,13 +18,14 @@ install: $(STAMP)
 $(DEMO_WORLD)/world.json: | $(STAMP)
 	$(BIN)/python data_shards/synth.py $(DEMO_WORLD) --overwrite
 
-# accelerate launch would pin the process to one CPU thread; give it every core.
-LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+# Every core for the one process; -q keeps accelerate's own traceback out of a failed run's one-line error.
+LAUNCH := $(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 	--num_cpu_threads_per_process $(shell nproc)
 DEMO_RESULTS := results/demo
 
 demo: $(STAMP) $(DEMO_WORLD)/world.json
-	$(LAUNCH) finetune/run.py --config configs/finetune/synthetic_tiny.yaml results_dir=$(DEMO_RESULTS)/finetune
+	# --overwrite: a previous demo run is moved aside (results/demo/finetune/train.replaced-<time>), not mixed in
+	$(LAUNCH) finetune/run.py --config configs/finetune/synthetic_tiny.yaml results_dir=$(DEMO_RESULTS)/finetune --overwrite
 	$(BIN)/python -m soliderkit.reid.compare $(DEMO_WORLD) \
 		"swin_pico fine-tuned from random init=$(DEMO_RESULTS)/finetune/train/metrics.json"
 
