@@ -61,6 +61,7 @@ if str(ROOT) not in sys.path:  # run from anywhere, without installing
 
 from soliderkit.backbone import convert_checkpoint, load_converted  # noqa: E402
 from soliderkit.backbone.registry import ARCHS  # noqa: E402
+from soliderkit.benchmarking import load_script as load_script_at
 from soliderkit.config import load_config  # noqa: E402
 
 FINETUNE_PRESET = ROOT / "configs/finetune/solider_reid_market1501_swin_tiny.yaml"
@@ -83,14 +84,7 @@ PT_LOSS_REL = 1e-4
 
 def load_script(relative: str):
     """A script of this project (``pretrain/run.py``) as a module."""
-    name = "compare_" + relative.replace("/", "_").removesuffix(".py")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script_at(ROOT / relative)
 
 
 def seeded_init(module: nn.Module, seed: int) -> None:

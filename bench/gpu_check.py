@@ -52,6 +52,7 @@ from accelerate.state import AcceleratorState, GradientState
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from soliderkit.benchmarking import load_script as load_script_at
 from soliderkit.config import load_config  # noqa: E402
 from soliderkit.finetune.config import FinetuneConfig  # noqa: E402
 from soliderkit.finetune.losses import CenterLoss, ReidLosses  # noqa: E402
@@ -80,15 +81,8 @@ NUM_CLASSES = 751  # Market-1501's training identities
 
 
 def load_script(relative: str):
-    """A script of this project as a module (scripts are not installed)."""
-    name = "gpu_check_" + relative.replace("/", "_").removesuffix(".py")
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """A script of this project (``pretrain/run.py``) as a module."""
+    return load_script_at(ROOT / relative)
 
 
 finetune = load_script("finetune/run.py")

@@ -1,4 +1,4 @@
-"""Measurement helpers the `bench/` scripts share (scripts never import each other).
+"""Measurement helpers the `bench/` scripts and the tests share (scripts never import each other).
 
 Absolute times on a shared machine mean little: every bench prints ratios against a baseline
 measured in the same run; :func:`timed` keeps the best of several runs, the one least
@@ -6,9 +6,12 @@ disturbed by other processes.
 """
 from __future__ import annotations
 
+import importlib.util
 import resource
 import sys
 import time
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -48,3 +51,17 @@ def timed(fn, *args, repeat: int = 1, **kwargs):
         out = fn(*args, **kwargs)
         best = min(best, time.perf_counter() - start)
     return out, best
+
+
+def load_script(path: str | Path) -> ModuleType:
+    """A script of the project (``pretrain/run.py``: not installed, not a package) as a module, so a
+    bench or a test can call its functions; loaded once per process."""
+    path = Path(path).resolve()
+    name = f"script_{path.parent.name}_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
