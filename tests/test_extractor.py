@@ -201,8 +201,8 @@ def _readme_block(heading: str) -> str:
 def test_readme_python_example_runs(checkpoint, tiny_world, tmp_path, monkeypatch, capsys):
     """The README's example, unchanged, in a folder laid out as after `make demo`."""
     path, model = checkpoint
-    (tmp_path / "results/finetune/synthetic_tiny/train").mkdir(parents=True)
-    shutil.copy(path, tmp_path / "results/finetune/synthetic_tiny/train/model.safetensors")
+    (tmp_path / "results/demo/finetune/train").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "results/demo/finetune/train/model.safetensors")
     (tmp_path / "data").mkdir()
     os.symlink(tiny_world, tmp_path / "data/synthetic")
     monkeypatch.chdir(tmp_path)
