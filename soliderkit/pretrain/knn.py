@@ -33,7 +33,7 @@ from soliderkit.backbone import SwinBackbone, build_backbone
 from soliderkit.cli import HelpFormatter
 from soliderkit.config import ConfigError, load_config
 from soliderkit.pretrain.config import PretrainConfig
-from soliderkit.reid.datasets import ReidSplits, parse_market1501
+from soliderkit.reid.datasets import DatasetError, ReidSplits, parse_market1501
 from soliderkit.reid.embedding import PREPROCESSING_KEY, Preprocessing
 from soliderkit.reid.evaluation import extract_embeddings
 from soliderkit.reid.metrics import evaluate_ranking, pairwise_distance
@@ -54,8 +54,13 @@ class PooledEmbedding(nn.Module):
 
 
 def load_query_gallery(dataset_dir: str) -> ReidSplits:
-    """Query and gallery records of a Market-1501-layout folder (the train split is not used)."""
-    return parse_market1501(dataset_dir)
+    """Query and gallery records of a Market-1501-layout folder (the train split is not used);
+    a folder without that layout is a one-line error naming it."""
+    try:
+        return parse_market1501(dataset_dir)
+    except DatasetError as exc:
+        raise SystemExit(f"kNN dataset {dataset_dir}: {exc} (a Market-1501-layout folder: query/, "
+                         "bounding_box_test/)") from None
 
 
 @torch.no_grad()
