@@ -40,11 +40,8 @@ PT_SMALL = ["model.out_dim=128", "model.head_hidden_dim=32", "model.bottleneck_d
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Tiny models: one intra-op thread (conftest.one_thread)."""
 
 
 def _accelerator(mixed_precision: str = "no") -> Accelerator:

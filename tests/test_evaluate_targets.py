@@ -5,24 +5,16 @@ import shutil
 import typing
 
 import pytest
-import torch
 
 from soliderkit.finetune import evaluate
-from soliderkit.finetune.config import DatasetConfig, ModelConfig
-from soliderkit.finetune.model import build_reid_model, preprocessing_for, save_reid_model
+from soliderkit.finetune.config import DatasetConfig
 
 HIST = ["--model", "color-histogram", "--num-samples", "0"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="swin_pico_patch4_window7", input_height=64, input_width=32, reduce_feat_dim=True,
-                      feat_dim=16, pretrained_model_path=None, drop_path=0.0)
-    model = build_reid_model(cfg, num_classes=4).eval()
-    path = tmp_path_factory.mktemp("targets") / "model.safetensors"
-    save_reid_model(model, path, cfg, num_classes=4, preprocessing=preprocessing_for(cfg))
-    return path
+def checkpoint(tiny_reid_checkpoint):
+    return tiny_reid_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from matplotlib.colors import to_rgba
 from PIL import Image
 
 from soliderkit.finetune import match
-from soliderkit.finetune.config import ModelConfig
-from soliderkit.finetune.model import build_reid_model, preprocessing_for, save_reid_model
 from soliderkit.reid.datasets import ImageRecord
 from soliderkit.reid.plots import (
     DISTRACTOR_COLOR,
@@ -27,14 +24,8 @@ ROW = re.compile(r"^\s+(\d+)\s+([0-9.]+)\s+(-?\d+|\?)\s+(\S.*)$")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="swin_pico_patch4_window7", input_height=64, input_width=32, reduce_feat_dim=True,
-                      feat_dim=16, pretrained_model_path=None, drop_path=0.0)
-    model = build_reid_model(cfg, num_classes=4).eval()
-    path = tmp_path_factory.mktemp("match") / "model.safetensors"
-    save_reid_model(model, path, cfg, num_classes=4, preprocessing=preprocessing_for(cfg))
-    return path
+def checkpoint(tiny_reid_checkpoint):
+    return tiny_reid_checkpoint
 
 
 def _rows(text):
