@@ -42,7 +42,7 @@ from soliderkit.finetune.sampler import IdentityBatchSampler
 from soliderkit.finetune.trackers import experiment_trackers
 from soliderkit.io import atomic_write_json
 from soliderkit.reid.datasets import DatasetError, ReidSplits, parse_folders, parse_msmt17
-from soliderkit.reid.image_check import find_unreadable, report_unreadable
+from soliderkit.reid.image_check import readable_only
 from soliderkit.reid.evaluation import evaluate_query_gallery
 from soliderkit.reid.transforms import ImageDataset, collate, train_transform
 from soliderkit.run_control import (
@@ -72,13 +72,9 @@ def load_splits(cfg: DatasetConfig) -> ReidSplits:
     except DatasetError as exc:
         raise SystemExit(f"dataset error: {exc}") from None
     records = {"train": splits.train, "query": splits.query, "gallery": splits.gallery}
-    bad = find_unreadable([r.path for subset in records.values() for r in subset])
-    if bad and not cfg.skip_unreadable_images:
-        raise SystemExit(report_unreadable(bad, what="the dataset folders", key="dataset.skip_unreadable_images"))
-    if bad:
-        dropped = {path for path, _ in bad}
-        print(f"warning: left out {len(bad)} unreadable image(s) (dataset.skip_unreadable_images=true), e.g. "
-              f"{bad[0][0]}: {bad[0][1]}", file=sys.stderr)
+    dropped = readable_only([r.path for subset in records.values() for r in subset], skip=cfg.skip_unreadable_images,
+                            what="the dataset folders", fix="set dataset.skip_unreadable_images=true")
+    if dropped:
         splits = dataclasses.replace(splits, **{k: [r for r in v if r.path not in dropped] for k, v in records.items()})
     return splits
 

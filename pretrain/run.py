@@ -78,7 +78,7 @@ from soliderkit.pretrain.semantic import (
     part_loss,
     sklearn_cluster_parts,
 )
-from soliderkit.reid.image_check import find_unreadable, report_unreadable
+from soliderkit.reid.image_check import readable_only
 from soliderkit.run_control import (
     DeviceSums,
     NonFiniteGuard,
@@ -209,15 +209,9 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
         paths = list_images(root)
         if not paths:
             raise SystemExit(f"config error: data.path={d.path}: no images ({sorted(IMAGE_SUFFIXES)}) found")
-        bad = find_unreadable(paths, progress=rank == 0)
-        if bad and not d.skip_unreadable_images:
-            raise SystemExit(report_unreadable(bad, what=f"data.path={d.path}", key="data.skip_unreadable_images"))
-        if bad:
-            dropped = {path for path, _ in bad}
-            paths = [p for p in paths if str(p) not in dropped]
-            if rank == 0:
-                print(f"warning: left out {len(bad)} unreadable image(s) (data.skip_unreadable_images=true), "
-                      f"e.g. {bad[0][0]}: {bad[0][1]}", file=sys.stderr)
+        dropped = readable_only(paths, skip=d.skip_unreadable_images, what=f"data.path={d.path}",
+                                fix="set data.skip_unreadable_images=true", progress=rank == 0)
+        paths = [p for p in paths if str(p) not in dropped]
         sampler = EpochBatches(len(paths), d.batch_size_per_device, rank=rank, world_size=world_size,
                                seed=cfg.seed, batches_per_epoch=d.batches_per_epoch)
         loader = DataLoader(MultiCropFolder(paths, augment, on_device), batch_sampler=sampler,

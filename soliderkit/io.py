@@ -67,15 +67,16 @@ def move_aside(path: str | os.PathLike) -> Path:
     return aside
 
 
-def refuse_or_move_aside(paths: list[Path], overwrite: bool, tool: str) -> list[Path]:
+def refuse_or_move_aside(paths: list[Path], overwrite: bool, tool: str, *, move: bool = True) -> None:
     """Existing ``paths`` stop ``tool`` (naming them and the flag) unless ``overwrite``, when each is
-    moved aside; returns where they went."""
+    moved aside (``move=False``: only the check, e.g. for a dry run) and the move is printed."""
     existing = [Path(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
         names = ", ".join(str(p) for p in existing)
         raise SystemExit(f"{tool}: {names} already exist(s); pass --overwrite to replace (the old one is moved "
                          "aside, not deleted), or choose another output")
-    return [move_aside(p) for p in existing]
+    for path in existing if move else []:
+        print(f"--overwrite: moved {path} to {move_aside(path)}")
 
 
 def check_writable(folder: str | os.PathLike, tool: str) -> None:

@@ -464,9 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tool = "finetune/evaluate.py"
     check_writable(out_dir, tool)
-    done = [out_dir / t.name for t in targets if (out_dir / t.name / "metrics.json").exists()]
-    for old, aside in zip(done, refuse_or_move_aside(done, args.overwrite, tool)):
-        print(f"--overwrite: moved the earlier evaluation {old} to {aside}")
+    refuse_or_move_aside([out_dir / t.name for t in targets if (out_dir / t.name / "metrics.json").exists()],
+                         args.overwrite, tool)
 
     records = []
     for target in targets:

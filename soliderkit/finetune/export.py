@@ -267,15 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     snippet = snippet_path(onnx_file)
     if args.opset < DEFAULT_OPSET:
         raise SystemExit(f"--opset {args.opset}: the exported graph needs opset >= {DEFAULT_OPSET}")
-    existing = [p for p in (onnx_file, snippet) if p.exists()]
-    if existing and not args.overwrite:
-        refuse_or_move_aside(existing, False, "finetune/export.py")
+    if not args.dry_run:
+        check_writable(onnx_file.parent, "finetune/export.py")
+    refuse_or_move_aside([onnx_file, snippet], args.overwrite, "finetune/export.py", move=not args.dry_run)
     if args.dry_run:
         print(f"would export {checkpoint} -> {onnx_file} (+ {snippet.name})")
         return 0
-    check_writable(onnx_file.parent, "finetune/export.py")
-    for old, aside in zip(existing, refuse_or_move_aside(existing, True, "finetune/export.py")):
-        print(f"--overwrite: moved {old} to {aside}")
 
     from soliderkit.finetune.extractor import config_given, load_for_cli  # after argument checks: imports timm
 

@@ -42,7 +42,7 @@ from soliderkit.cli import HelpFormatter
 from soliderkit.config import add_config_args, parse_config_from_args
 from soliderkit.finetune.config import FinetuneConfig
 from soliderkit.io import atomic_path, atomic_write_json, check_writable, refuse_or_move_aside
-from soliderkit.reid.image_check import find_unreadable, report_unreadable
+from soliderkit.reid.image_check import readable_only
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 FORMATS = {".json": "json", ".npy": "npy", ".parquet": "parquet", ".pq": "parquet"}
@@ -227,19 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     tool = "finetune/inference.py"
     check_writable(output.parent, tool)
     outputs = [output] + ([index_path(output)] if fmt == "npy" else [])
-    for old, aside in zip([p for p in outputs if p.exists()], refuse_or_move_aside(outputs, args.overwrite, tool)):
-        print(f"--overwrite: moved {old} to {aside}")
-    bad = find_unreadable(paths, progress=not args.no_progress)
-    if bad and not args.skip_unreadable:
-        raise SystemExit(report_unreadable(bad, what=", ".join(map(str, folders)), key="--skip-unreadable")
-                         .replace("set --skip-unreadable=true", "pass --skip-unreadable"))
-    if bad:
-        dropped = {p for p, _ in bad}
-        paths = [p for p in paths if p not in dropped]
-        print(f"warning: left out {len(bad)} unreadable image(s) (--skip-unreadable), e.g. {bad[0][0]}: {bad[0][1]}",
-              file=sys.stderr)
-        if not paths:
-            raise SystemExit(f"{tool}: no readable images left")
+    refuse_or_move_aside(outputs, args.overwrite, tool)
+    dropped = readable_only(paths, skip=args.skip_unreadable, what=", ".join(map(str, folders)),
+                            fix="pass --skip-unreadable", progress=not args.no_progress)
+    paths = [p for p in paths if p not in dropped]
+    if not paths:
+        raise SystemExit(f"{tool}: no readable images left")
 
     import torch
 

@@ -8,6 +8,7 @@ progress bar, and returns the files that fail with the reason.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
@@ -55,9 +56,22 @@ def find_unreadable(paths: Sequence[str | os.PathLike], *, workers: int | None =
     return [(p, why) for p, why in zip(paths, results) if why is not None]
 
 
-def report_unreadable(bad: list[tuple[str, str]], *, what: str, key: str) -> str:
+def report_unreadable(bad: list[tuple[str, str]], *, what: str, fix: str) -> str:
     """A message listing every bad file with its reason, and the fix."""
     lines = [f"{len(bad)} unreadable image(s) in {what}:"]
     lines += [f"  {path}: {why}" for path, why in bad]
-    lines.append(f"remove or replace them, or set {key}=true to leave them out")
+    lines.append(f"remove or replace them, or {fix} to leave them out")
     return "\n".join(lines)
+
+
+def readable_only(paths: Sequence[str | os.PathLike], *, skip: bool, what: str, fix: str,
+                  progress: bool = True) -> set[str]:
+    """Check ``paths``; stop with the full list of unreadable files (naming ``fix``, the setting that
+    leaves them out) unless ``skip``, when they are counted on stderr. Returns the paths to drop."""
+    bad = find_unreadable(paths, progress=progress)
+    if bad and not skip:
+        raise SystemExit(report_unreadable(bad, what=what, fix=fix))
+    if bad:
+        print(f"warning: left out {len(bad)} unreadable image(s) ({fix}), e.g. {bad[0][0]}: {bad[0][1]}",
+              file=sys.stderr)
+    return {path for path, _ in bad}
