@@ -8,7 +8,6 @@
   is counted on the device and read, with the stop request of every process, in one collective
   per logging interval (:meth:`StepControl.check`). A single process looks at SIGTERM after
   every step (a host flag: no sync); several processes agree on it at the next check.
-- :func:`agree`: the same decision as one blocking collective (for callers outside the loops).
 - :class:`NonFiniteGuard`: counts skipped steps in a row and aborts with advice after N.
 - Checkpoints are ``checkpoints/step_NNNNNNNN/`` folders: the accelerate state plus our own
   state as safetensors + JSON (never pickle) and ``progress.json`` (our counters), all written
@@ -163,15 +162,6 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def agree(accelerator: Accelerator, loss: torch.Tensor, stop: StopRequest) -> tuple[bool, bool]:
-    """``(finite, stop)`` as every process sees it: the loss was finite on all processes, and
-    some process was asked to stop. One all-reduce (and one host sync) per call."""
-    flags = torch.stack([(~torch.isfinite(loss.detach())).float().reshape(()),
-                         torch.tensor(float(stop.requested), device=loss.device)])
-    nonfinite, stop_anywhere = (bool(v > 0) for v in accelerator.reduce(flags, reduction="sum").tolist())
-    return not nonfinite, stop_anywhere
 
 
 class NonFiniteGuard:
