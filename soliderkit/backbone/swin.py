@@ -94,29 +94,56 @@ class PadThenShiftBlock(SwinTransformerBlock):
         self.attn.fused_attn = True
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
-        _, height, width, channels = x.shape
+        _, height, width, _ = x.shape
+        attn = self.attn
         win_h, win_w = self.window_size
         pad_h, pad_w = (-height) % win_h, (-width) % win_w
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         padded_h, padded_w = height + pad_h, width + pad_w
+        # SOLIDER pads the normalised map with zeros before the qkv projection, so a padded
+        # token's q, k and v are the projection's bias. Projecting only the real tokens and
+        # padding with the bias gives the same windows without the padded tokens' products
+        # (at 256x128 the last two stages' windows are 2-3x padding; 128x64: 3-6x).
+        qkv = F.pad(F.linear(x, attn.qkv.weight), (0, 0, 0, pad_w, 0, pad_h))
+        if attn.qkv.bias is not None:
+            qkv = qkv + attn.qkv.bias
 
         shift_h, shift_w = self.shift_size
         shifted = shift_h > 0 or shift_w > 0
         if shifted:
-            x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
+            qkv = torch.roll(qkv, shifts=(-shift_h, -shift_w), dims=(1, 2))
             # timm's mask builder labels regions of whatever map it is given; giving it
             # the padded map is exactly the mmcv construction.
-            mask = shifted_window_mask(self, x)
+            mask = shifted_window_mask(self, qkv)
         else:
             mask = None
 
-        windows = window_partition(x, self.window_size).view(-1, self.window_area, channels)
-        windows = self.attn(windows, mask=mask)
-        x = window_reverse(windows.view(-1, win_h, win_w, channels), self.window_size,
+        windows = window_partition(qkv, self.window_size).view(-1, self.window_area, qkv.shape[-1])
+        windows = window_attention(attn, windows, mask)
+        x = window_reverse(windows.view(-1, win_h, win_w, windows.shape[-1]), self.window_size,
                            padded_h, padded_w)
         if shifted:
             x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
-        return x[:, :height, :width, :].contiguous()
+        # The output projection, too, only for the real tokens (the padded ones are dropped).
+        return attn.proj_drop(attn.proj(x[:, :height, :width, :]))
+
+
+def window_attention(attn: WindowAttention, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """timm's ``WindowAttention.forward`` between its two projections: ``qkv`` (windows, N, 3C)
+    already projected, returns the heads' concatenated outputs (windows, N, C) before ``proj``."""
+    windows, tokens, _ = qkv.shape
+    q, k, v = qkv.reshape(windows, tokens, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = attn._get_rel_pos_bias()
+    if mask is not None:  # (num_win, N, N) shifted-window mask, repeated over the batch
+        num_win = mask.shape[0]
+        bias = (bias.view(1, 1, attn.num_heads, tokens, tokens) + mask.view(1, num_win, 1, tokens, tokens)) \
+            .expand(windows // num_win, -1, -1, -1, -1).reshape(windows, attn.num_heads, tokens, tokens)
+    if attn.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        weights = attn.attn_drop(attn.softmax((q * attn.scale) @ k.transpose(-2, -1) + bias))
+        out = weights @ v
+    return out.transpose(1, 2).reshape(windows, tokens, -1)
 
 
 class SwinStage(nn.Module):
