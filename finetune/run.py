@@ -272,7 +272,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         raise SystemExit(f"config error: dataset.batch_size={cfg.dataset.batch_size} with dataset.num_instances="
                          f"{cfg.dataset.num_instances} on {world} process(es): {exc}") from None
     augment = train_transform(size, cfg.dataset.pixel_mean, cfg.dataset.pixel_std, flip_prob=cfg.dataset.prob,
-                              padding=cfg.dataset.padding, erase_prob=cfg.dataset.re_prob)
+                              padding=cfg.dataset.padding, erase_prob=cfg.dataset.re_prob,
+                              color_jitter_prob=cfg.dataset.color_jitter_prob, color_jitter=cfg.dataset.color_jitter)
     # The identity sampler already gives each process its own batches, so the loader is not
     # passed through accelerator.prepare (which would shard it a second time).
     loader = DataLoader(ImageDataset(splits.train, augment), batch_sampler=sampler,

@@ -92,3 +92,29 @@ def test_center_loss_value_and_its_own_optimizer_step():
     # d loss / d c_y = -(f - c_y) (mean over 2 samples: 2 (f - c) / 2), stepped with the unweighted gradient.
     expected = before + lr * (features - before[labels])
     torch.testing.assert_close(loss_fn.centers.detach(), expected)
+
+
+def test_colour_jitter_is_off_by_default_and_checked():
+    """dataset.color_jitter_prob (an extension; the references have no colour jitter): 0 leaves
+    the reference pipeline, > 0 adds torchvision's ColorJitter with dataset.color_jitter, and bad
+    values are config errors naming the key."""
+    from torchvision import transforms as T
+
+    from soliderkit.config import ConfigError, load_config
+    from soliderkit.finetune.config import FinetuneConfig
+    from soliderkit.reid.transforms import train_transform
+
+    def jitters(transform):
+        return [t for step in transform.transforms if isinstance(step, T.RandomApply)
+                for t in step.transforms if isinstance(t, T.ColorJitter)]
+
+    cfg = load_config(FinetuneConfig).dataset
+    assert cfg.color_jitter_prob == 0.0
+    assert not jitters(train_transform((128, 64), cfg.pixel_mean, cfg.pixel_std))
+    (jitter,) = jitters(train_transform((128, 64), cfg.pixel_mean, cfg.pixel_std, color_jitter_prob=0.8,
+                                        color_jitter=(0.3, 0.2, 0.1, 0.05)))
+    assert (jitter.brightness, jitter.hue) == ((0.7, 1.3), (-0.05, 0.05))
+    with pytest.raises(ConfigError, match=r"dataset\.color_jitter_prob"):
+        load_config(FinetuneConfig, overrides=["dataset.color_jitter_prob=1.5"])
+    with pytest.raises(ConfigError, match=r"dataset\.color_jitter"):
+        load_config(FinetuneConfig, overrides=["dataset.color_jitter=[0.2, 0.2]"])

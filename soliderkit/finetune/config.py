@@ -204,6 +204,11 @@ class DatasetConfig:
     # every image is checked before step one; unreadable ones stop the run (listed) unless this
     # is true, when they are left out and counted
     skip_unreadable_images: bool = option(False)
+    # share of training images given a random colour jitter (after the flip); 0 is the reference
+    # (neither SOLIDER-REID nor TAO jitters colours)
+    color_jitter_prob: float = option(0.0)
+    # jitter strengths: brightness, contrast, saturation, hue (torchvision ColorJitter)
+    color_jitter: list[float] = option([0.2, 0.15, 0.1, 0.0])
 
     def validate(self) -> None:
         for key in ("num_classes", "batch_size", "val_batch_size", "num_instances"):
@@ -215,8 +220,10 @@ class DatasetConfig:
         require(len(self.pixel_mean) == 3, "pixel_mean", "needs 3 values (RGB)")
         require(len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std), "pixel_std",
                 "needs 3 positive values (RGB)")
-        for key in ("prob", "re_prob"):
+        for key in ("prob", "re_prob", "color_jitter_prob"):
             require(_in_unit(getattr(self, key)), key, "must be a probability in [0, 1]")
+        require(len(self.color_jitter) == 4 and all(v >= 0 for v in self.color_jitter) and self.color_jitter[3] <= 0.5,
+                "color_jitter", "needs 4 values >= 0 (brightness, contrast, saturation, hue; hue <= 0.5)")
         if isinstance(self.train_dataset_dir, list):
             require(len(self.train_dataset_dir) > 0, "train_dataset_dir", "an empty list names no data")
         if isinstance(self.query_dataset_dir, list) or isinstance(self.test_dataset_dir, list):

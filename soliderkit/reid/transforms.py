@@ -22,10 +22,16 @@ from soliderkit.run_control import seeded
 
 
 def train_transform(size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *,
-                    flip_prob: float = 0.5, padding: int = 10, erase_prob: float = 0.5) -> Callable:
+                    flip_prob: float = 0.5, padding: int = 10, erase_prob: float = 0.5,
+                    color_jitter_prob: float = 0.0,
+                    color_jitter: Sequence[float] = (0.2, 0.15, 0.1, 0.0)) -> Callable:
+    """``color_jitter_prob`` > 0 adds torchvision's ``ColorJitter(*color_jitter)`` (brightness,
+    contrast, saturation, hue) to that share of images, after the flip; neither reference has it."""
+    photometric = [T.RandomApply([T.ColorJitter(*color_jitter)], p=color_jitter_prob)] if color_jitter_prob > 0 else []
     return T.Compose([
         T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(p=flip_prob),
+        *photometric,
         T.Pad(padding),
         T.RandomCrop(size),
         T.ToTensor(),
