@@ -23,11 +23,15 @@ LAUNCH := $(BIN)/accelerate launch -q --num_processes 1 --num_machines 1 --mixed
 	--num_cpu_threads_per_process $(shell nproc)
 DEMO_RESULTS := results/demo
 
+# Both stages on the synthetic world: stage 1 (DINO pretraining on the unlabeled crops) writes
+# results/demo/pretrain/backbone.safetensors, stage 2 fine-tunes from it, then one results table.
+# --overwrite: a previous demo run is moved aside (e.g. results/demo/finetune/train.replaced-<time>), not mixed in.
 demo: $(STAMP) $(DEMO_WORLD)/world.json
-	# --overwrite: a previous demo run is moved aside (results/demo/finetune/train.replaced-<time>), not mixed in
-	$(LAUNCH) finetune/run.py --config configs/finetune/synthetic_tiny.yaml results_dir=$(DEMO_RESULTS)/finetune --overwrite
+	$(LAUNCH) pretrain/run.py --config configs/pretrain/synthetic_demo.yaml results_dir=$(DEMO_RESULTS)/pretrain --overwrite
+	$(LAUNCH) finetune/run.py --config configs/finetune/synthetic_demo.yaml results_dir=$(DEMO_RESULTS)/finetune \
+		model.pretrained_model_path=$(DEMO_RESULTS)/pretrain/backbone.safetensors --overwrite
 	$(BIN)/python -m soliderkit.reid.compare $(DEMO_WORLD) \
-		"swin_pico fine-tuned from random init=$(DEMO_RESULTS)/finetune/train/metrics.json"
+		"swin_pico: 2-min DINO, then fine-tuned=$(DEMO_RESULTS)/finetune/train/metrics.json"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
