@@ -1,14 +1,17 @@
-"""Swin window attention: scaled-dot-product (fused) vs timm's explicit softmax, and the shifted-
-window mask cached per input size vs rebuilt in every block call; measured back to back.
+"""Swin window attention: scaled-dot-product (fused) vs timm's explicit softmax, the shifted-window
+mask cached per input size vs rebuilt in every block call, and the padded tokens' projections
+skipped vs computed; measured back to back.
 
     python bench/bench_attention.py [--arch swin_tiny_patch4_window7_224] [--size 256 128] [--batch 8]
                                     [--repeats 5] [--threads 2] [--device cpu] [--dtype no|bf16|fp16]
 
-Three variants of one forward + backward of the backbone (train mode, λ = 0.2): ``sdpa+cache``
+Four variants of one forward + backward of the backbone (train mode, λ = 0.2): ``sdpa+cache``
 (what the backbone does: ``F.scaled_dot_product_attention`` with the relative-position bias and
-the window mask as ``attn_mask``, the mask built once per size), ``sdpa+rebuild`` (the mask built
-in every shifted block's call, as before) and ``explicit+cache`` (timm's softmax(QK^T + bias +
-mask)V). Variants rotate within each round so drift of a shared machine hits all; medians and the
+the window mask as ``attn_mask``, the mask built once per size, q / k / v and the output
+projection computed for the real tokens only), ``sdpa+rebuild`` (the mask built in every shifted
+block's call, as before), ``explicit+cache`` (timm's softmax(QK^T + bias + mask)V) and
+``sdpa+project-all`` (as before: the zero-padded windows through timm's ``WindowAttention``, which
+projects every padded token too). Variants rotate within each round so drift of a shared machine hits all; medians and the
 ratios to ``sdpa+cache`` are printed, the largest output difference to it and, on a GPU, the
 peak memory of each variant's pass. ``bench/gpu_check.py`` runs it on the GPU.
 """
@@ -21,11 +24,32 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import window_partition, window_reverse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soliderkit.backbone import build_backbone, swin  # noqa: E402
 
-VARIANTS = ("sdpa+cache", "sdpa+rebuild", "explicit+cache")
+VARIANTS = ("sdpa+cache", "sdpa+rebuild", "explicit+cache", "sdpa+project-all")
+
+
+def attention_projecting_all(self: swin.PadThenShiftBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block's attention as it was: pad the normalised map with zeros, shift, and run timm's
+    ``WindowAttention`` (qkv, attention, output projection) on every token of the windows."""
+    _, height, width, channels = x.shape
+    win_h, win_w = self.window_size
+    pad_h, pad_w = (-height) % win_h, (-width) % win_w
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    shift_h, shift_w = self.shift_size
+    shifted, mask = shift_h > 0 or shift_w > 0, None
+    if shifted:
+        x = torch.roll(x, shifts=(-shift_h, -shift_w), dims=(1, 2))
+        mask = swin.shifted_window_mask(self, x)
+    windows = self.attn(window_partition(x, self.window_size).view(-1, self.window_area, channels), mask=mask)
+    x = window_reverse(windows.view(-1, win_h, win_w, channels), self.window_size, height + pad_h, width + pad_w)
+    if shifted:
+        x = torch.roll(x, shifts=(shift_h, shift_w), dims=(1, 2))
+    return x[:, :height, :width, :].contiguous()
 
 
 def configure(model: torch.nn.Module, variant: str) -> None:
@@ -34,9 +58,11 @@ def configure(model: torch.nn.Module, variant: str) -> None:
         swin.shifted_window_mask = lambda block, padded: block.get_attn_mask(padded)
     else:
         swin.shifted_window_mask = CACHED
+    swin.PadThenShiftBlock._attn = attention_projecting_all if variant.endswith("project-all") else REAL_TOKENS_ONLY
 
 
 CACHED = swin.shifted_window_mask
+REAL_TOKENS_ONLY = swin.PadThenShiftBlock._attn
 
 
 def time_pass(model: torch.nn.Module, images: torch.Tensor, dtype: str = "no") -> tuple[float, torch.Tensor]:

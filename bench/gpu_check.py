@@ -279,7 +279,8 @@ def result_row(stage, arch, dtype, compiled, batch, flops, device, warm, seconds
 
 def attention_check(device: torch.device, quick: bool, dtype: str, repeats: int) -> dict:
     """bench/bench_attention.py on this device: SDPA with the cached mask against the mask rebuilt per
-    block and against timm's explicit softmax (Swin-B forward + backward at 256x128, batch 64)."""
+    block, timm's explicit softmax and the padded tokens projected too (Swin-B forward + backward at
+    256x128, batch 64)."""
     bench = load_script("bench/bench_attention.py")
     arch, size, batch = (ARCHS["pico"], (64, 32), 2) if quick else (ARCHS["B"], (256, 128), 64)
     torch.manual_seed(0)
