@@ -135,9 +135,12 @@ def test_old_toolkit_checkpoint_takes_the_config_with_a_note(tmp_path, tiny_worl
 def test_config_that_disagrees_with_the_checkpoint_is_named_not_used(checkpoint, tmp_path):
     path, _ = checkpoint
     config = tmp_path / "spec.yaml"
-    config.write_text("model:\n  input_height: 256\n  input_width: 128\ndataset:\n  pixel_mean: [0.5, 0.5, 0.5]\n")
+    config.write_text("model:\n  input_height: 256\n  input_width: 128\n  neck_feat: before\n"
+                      "dataset:\n  pixel_mean: [0.5, 0.5, 0.5]\n")
     loaded = load_for_embedding(path, config)
     assert loaded.preprocessing == PRE
+    assert loaded.model.neck_feat == "after"  # the checkpoint's model section, named in a note
+    assert any("model.neck_feat after is used, not the config's before" in n for n in loaded.notes)
     assert any("input size [64, 32] is used, not the config's model.input_height/input_width [256, 128]" in n
                for n in loaded.notes)
     assert any("pixel mean [0.4, 0.5, 0.6] is used, not the config's dataset.pixel_mean [0.5, 0.5, 0.5]" in n

@@ -82,6 +82,11 @@ def _as_sections(config) -> tuple[ModelConfig | None, DatasetConfig | None]:
     raise TypeError(f"config must be a YAML path, a FinetuneConfig or a ModelConfig, not {type(config).__name__}")
 
 
+# Model fields that change a toolkit checkpoint's embedding; the checkpoint's own values are used
+# (it records its model section), so a config that says otherwise gets a note, not silence.
+EMBEDDING_FIELDS = ("backbone", "neck", "neck_feat", "reduce_feat_dim", "feat_dim", "semantic_weight")
+
+
 def load_for_embedding(checkpoint: str | os.PathLike, config=None, *, allow_partial: bool = False,
                        flip: bool | None = None, interpolation: str | None = None) -> LoadedModel:
     """Load a ReID checkpoint and the preprocessing it needs (see the module docstring).
@@ -107,6 +112,10 @@ def load_for_embedding(checkpoint: str | os.PathLike, config=None, *, allow_part
                 if info.get("format") == MODEL_FORMAT else f"a {info.get('format')} checkpoint records no preprocessing")
         notes.append(f"{what}: pixel mean {list(pre.pixel_mean)}, std {list(pre.pixel_std)} and the "
                      f"{pre.interpolation} resize come from {origin}")
+    if model_section is not None and model_cfg is not model_section:  # the checkpoint rebuilt itself
+        notes += [f"the checkpoint's model.{key} {_show(getattr(model_cfg, key))} is used, not the config's "
+                  f"{_show(getattr(model_section, key))}" for key in EMBEDDING_FIELDS
+                  if getattr(model_cfg, key) != getattr(model_section, key)]
     backbone = model.backbone
     pre = pre.replace(flip=flip, interpolation=interpolation,
                       semantic_weight=backbone.semantic_weight if backbone.controller is not None else None)
