@@ -85,8 +85,9 @@ def set_fused_attention(module: nn.Module, enabled: bool = True) -> None:
 class PadThenShiftBlock(SwinTransformerBlock):
     """timm's Swin block with SOLIDER's window order: pad, then shift, mask on the padded map.
 
-    Attention runs through PyTorch's scaled-dot-product path (``set_fused_attention``), and
-    the shifted-window mask is built once per input size (``shifted_window_mask``).
+    Attention runs through PyTorch's scaled-dot-product path (``set_fused_attention``), the
+    shifted-window mask is built once per input size (``shifted_window_mask``), and the padded
+    tokens are never projected (their q, k, v are the qkv bias; ``window_attention``).
     """
 
     def __init__(self, *args, **kwargs):
