@@ -17,7 +17,6 @@ peak memory of each variant's pass. ``bench/gpu_check.py`` runs it on the GPU.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from timm.models.swin_transformer import window_partition, window_reverse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soliderkit.backbone import build_backbone, swin  # noqa: E402
+from soliderkit.benchmarking import backbone_bench_parser, parse_bench_args  # noqa: E402
 
 VARIANTS = ("sdpa+cache", "sdpa+rebuild", "explicit+cache", "sdpa+project-all")
 
@@ -111,17 +111,10 @@ def print_results(results: dict[str, dict], batch: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="swin_tiny_patch4_window7_224")
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per variant (after one warm-up)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
+    parser = backbone_bench_parser(__doc__.splitlines()[0], arch="swin_tiny_patch4_window7_224", size=(256, 128),
+                                   batch=8, repeats=5, repeats_help="timed rounds per variant (after one warm-up)")
     parser.add_argument("--dtype", choices=("no", "bf16", "fp16"), default="no", help="autocast precision")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1 (got {args.repeats})")
+    args = parse_bench_args(parser, argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)

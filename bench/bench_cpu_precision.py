@@ -12,7 +12,6 @@ with AMX / AVX512-BF16 bf16 matrix products are native; on others bf16 may be sl
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soliderkit.backbone import build_backbone  # noqa: E402
+from soliderkit.benchmarking import backbone_bench_parser, parse_bench_args  # noqa: E402
 
 
 def time_pass(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> float:
@@ -36,16 +36,9 @@ def time_pass(model: torch.nn.Module, images: torch.Tensor, bf16: bool) -> float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="swin_pico_patch4_window7")
-    parser.add_argument("--size", type=int, nargs=2, default=(128, 64), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per precision (after one warm-up)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1 (got {args.repeats})")
+    parser = backbone_bench_parser(__doc__.splitlines()[0], arch="swin_pico_patch4_window7", size=(128, 64),
+                                   batch=128, repeats=5, repeats_help="timed rounds per precision (after one warm-up)")
+    args = parse_bench_args(parser, argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -12,7 +12,6 @@ time, and the ratios on / off.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -20,6 +19,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from soliderkit.benchmarking import backbone_bench_parser, parse_bench_args  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -55,15 +56,9 @@ def measure(args, on: bool) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="swin_base_patch4_window7_224")
-    parser.add_argument("--size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2, help="fresh interpreters per setting")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1 (got {args.repeats})")
+    parser = backbone_bench_parser(__doc__.splitlines()[0], arch="swin_base_patch4_window7_224", size=(256, 128),
+                                   batch=8, repeats=2, repeats_help="fresh interpreters per setting", device=False)
+    args = parse_bench_args(parser, argv)
 
     runs: dict[bool, list[dict]] = {False: [], True: []}
     for round_index in range(args.repeats):

@@ -6,6 +6,7 @@ disturbed by other processes.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import resource
 import sys
@@ -65,3 +66,25 @@ def load_script(path: str | Path) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def backbone_bench_parser(description: str, *, arch: str, size: tuple[int, int], batch: int, repeats: int,
+                          repeats_help: str, device: bool = True) -> argparse.ArgumentParser:
+    """The arguments the backbone benches share: ``--arch``, ``--size H W``, ``--batch``, ``--repeats``,
+    ``--threads`` and (unless ``device`` is false) ``--device``; parse with :func:`parse_bench_args`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--arch", default=arch)
+    parser.add_argument("--size", type=int, nargs=2, default=size, metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
+    parser.add_argument("--threads", type=int, default=2)
+    if device:
+        parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1 (got {args.repeats})")
+    return args
