@@ -1,18 +1,20 @@
-"""Swin window attention: scaled-dot-product (fused) vs timm's explicit softmax, the shifted-window
-mask cached per input size vs rebuilt in every block call, and the padded tokens' projections
-skipped vs computed; measured back to back.
+"""Swin window attention: the real tokens only (padded keys folded) vs SOLIDER's padded windows, the
+shifted-window mask cached per input size vs rebuilt in every block call, scaled-dot-product vs timm's
+explicit softmax, and the padded tokens' projections skipped vs computed; measured back to back.
 
     python bench/bench_attention.py [--arch swin_tiny_patch4_window7_224] [--size 256 128] [--batch 8]
                                     [--repeats 5] [--threads 2] [--device cpu] [--dtype no|bf16|fp16]
 
-Four variants of one forward + backward of the backbone (train mode, λ = 0.2): ``sdpa+cache``
-(what the backbone does: ``F.scaled_dot_product_attention`` with the relative-position bias and
-the window mask as ``attn_mask``, the mask built once per size, q / k / v and the output
-projection computed for the real tokens only), ``sdpa+rebuild`` (the mask built in every shifted
-block's call, as before), ``explicit+cache`` (timm's softmax(QK^T + bias + mask)V) and
-``sdpa+project-all`` (as before: the zero-padded windows through timm's ``WindowAttention``, which
-projects every padded token too). Variants rotate within each round so drift of a shared machine hits all; medians and the
-ratios to ``sdpa+cache`` are printed, the largest output difference to it and, on a GPU, the
+Five variants of one forward + backward of the backbone (train mode, λ = 0.2): ``packed`` (what the
+backbone does: ``packed_window_attention``, the real tokens of each window plus one key standing for
+its padded ones, windows grouped by their number of real tokens; SDPA where PyTorch has a fused
+kernel, the explicit softmax for a CPU backward), ``padded`` (SOLIDER's padded, shifted windows
+as built, ``_attn_padded``: q / k / v and the output projection for the real tokens only, the mask
+built once per size), ``padded+rebuild`` (the same with the mask built in every shifted block's
+call), ``explicit`` (packed with timm's softmax(QK^T + bias)V on every device) and ``project-all``
+(the first path: the zero-padded windows through timm's ``WindowAttention``, which projects every
+padded token too). Variants rotate within each round so drift of a shared machine hits all; medians
+and the ratios to ``packed`` are printed, the largest output difference to it and, on a GPU, the
 peak memory of each variant's pass. ``bench/gpu_check.py`` runs it on the GPU.
 """
 from __future__ import annotations
@@ -30,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from soliderkit.backbone import build_backbone, swin  # noqa: E402
 from soliderkit.benchmarking import backbone_bench_parser, parse_bench_args  # noqa: E402
 
-VARIANTS = ("sdpa+cache", "sdpa+rebuild", "explicit+cache", "sdpa+project-all")
+VARIANTS = ("packed", "padded", "padded+rebuild", "explicit", "project-all")
+BASELINE = VARIANTS[0]
 
 
 def attention_projecting_all(self: swin.PadThenShiftBlock, x: torch.Tensor) -> torch.Tensor:
@@ -53,16 +56,17 @@ def attention_projecting_all(self: swin.PadThenShiftBlock, x: torch.Tensor) -> t
 
 
 def configure(model: torch.nn.Module, variant: str) -> None:
-    swin.set_fused_attention(model, variant.startswith("sdpa"))
+    swin.set_fused_attention(model, variant != "explicit")
+    swin.set_window_packing(model, variant in ("packed", "explicit"))
     if variant.endswith("rebuild"):
         swin.shifted_window_mask = lambda block, padded: block.get_attn_mask(padded)
     else:
         swin.shifted_window_mask = CACHED
-    swin.PadThenShiftBlock._attn = attention_projecting_all if variant.endswith("project-all") else REAL_TOKENS_ONLY
+    swin.PadThenShiftBlock._attn_padded = attention_projecting_all if variant == "project-all" else PADDED
 
 
 CACHED = swin.shifted_window_mask
-REAL_TOKENS_ONLY = swin.PadThenShiftBlock._attn
+PADDED = swin.PadThenShiftBlock._attn_padded
 
 
 def time_pass(model: torch.nn.Module, images: torch.Tensor, dtype: str = "no") -> tuple[float, torch.Tensor]:
@@ -79,7 +83,7 @@ def time_pass(model: torch.nn.Module, images: torch.Tensor, dtype: str = "no") -
 
 def measure(model: torch.nn.Module, images: torch.Tensor, repeats: int, dtype: str = "no") -> dict[str, dict]:
     """Per variant: median seconds of ``repeats`` rotated rounds, peak CUDA memory (GiB, None on the
-    CPU), and the largest output difference to ``sdpa+cache``. Leaves the backbone as built."""
+    CPU), and the largest output difference to ``packed``. Leaves the backbone as built."""
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     outputs, memory = {}, {}
     cuda = images.device.type == "cuda"
@@ -96,17 +100,17 @@ def measure(model: torch.nn.Module, images: torch.Tensor, repeats: int, dtype: s
                 configure(model, variant)
                 times[variant].append(time_pass(model, images, dtype)[0])
     finally:
-        configure(model, "sdpa+cache")
+        configure(model, BASELINE)
     return {v: {"seconds": statistics.median(times[v]), "peak_memory_gib": memory[v],
-                "max_abs_diff": (outputs[v] - outputs["sdpa+cache"]).abs().max().item()} for v in VARIANTS}
+                "max_abs_diff": (outputs[v] - outputs[BASELINE]).abs().max().item()} for v in VARIANTS}
 
 
 def print_results(results: dict[str, dict], batch: int) -> None:
-    base = results["sdpa+cache"]["seconds"]
-    print(f"{'variant':<16}{'ms':>10}{'images/s':>10}{'time / sdpa+cache':>19}{'max |diff|':>12}{'peak mem GiB':>14}")
+    base = results[BASELINE]["seconds"]
+    print(f"{'variant':<16}{'ms':>10}{'images/s':>10}{'time / packed':>15}{'max |diff|':>12}{'peak mem GiB':>14}")
     for variant, r in results.items():
         memory = "" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"
-        print(f"{variant:<16}{r['seconds'] * 1000:>10.1f}{batch / r['seconds']:>10.2f}{r['seconds'] / base:>19.3f}"
+        print(f"{variant:<16}{r['seconds'] * 1000:>10.1f}{batch / r['seconds']:>10.2f}{r['seconds'] / base:>15.3f}"
               f"{r['max_abs_diff']:>12.2e}{memory:>14}")
 
 

@@ -21,8 +21,8 @@ then the compile rows while ``--budget`` seconds allow (each compilation takes a
 rest are listed as skipped); the table is printed at the end.
 
 Then bench/bench_attention.py's comparison runs on the device (Swin-B forward + backward, batch 64:
-SDPA with the cached window mask vs the mask rebuilt per block vs timm's explicit softmax; time,
-peak memory). Then the eager Swin-T fine-tune model (after its steps) is exported to ONNX with
+attention over the real tokens only, as the backbone does, vs SOLIDER's padded windows, the mask
+rebuilt per block, timm's explicit softmax; time, peak memory): whether packing pays on a GPU too. Then the eager Swin-T fine-tune model (after its steps) is exported to ONNX with
 ``soliderkit.finetune.export`` and compared with PyTorch in onnxruntime; with ``tensorrt``
 importable and a CUDA device, an fp16 engine is built from it (dynamic batch 1-64) and its
 embeddings compared with PyTorch's (the fp16 tolerance of ``finetune/export.py --fp16``) and timed.
@@ -278,9 +278,9 @@ def result_row(stage, arch, dtype, compiled, batch, flops, device, warm, seconds
 # ------------------------------------------------------------------------------ attention
 
 def attention_check(device: torch.device, quick: bool, dtype: str, repeats: int) -> dict:
-    """bench/bench_attention.py on this device: SDPA with the cached mask against the mask rebuilt per
-    block, timm's explicit softmax and the padded tokens projected too (Swin-B forward + backward at
-    256x128, batch 64)."""
+    """bench/bench_attention.py on this device: the real tokens only (packed) against SOLIDER's padded
+    windows, the mask rebuilt per block, timm's explicit softmax and the padded tokens projected too
+    (Swin-B forward + backward at 256x128, batch 64)."""
     bench = load_script("bench/bench_attention.py")
     arch, size, batch = (ARCHS["pico"], (64, 32), 2) if quick else (ARCHS["B"], (256, 128), 64)
     torch.manual_seed(0)
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds for the whole check; compile rows that would not fit are skipped")
     parser.add_argument("--no-export", action="store_true", help="skip ONNX export and TensorRT")
     parser.add_argument("--no-attention", action="store_true",
-                        help="skip the attention comparison (SDPA + cached mask vs rebuilt mask vs explicit softmax)")
+                        help="skip the attention comparison (packed vs padded windows, rebuilt mask, explicit softmax)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU rows)")
     args = parser.parse_args(argv)

@@ -205,10 +205,58 @@ def test_stages_use_full_7x7_windows():
 
 # --- attention path ------------------------------------------------------------------------
 
+def _output_and_grads(model, x):
+    model.zero_grad()
+    out = model(x, semantic_weight=0.3).pooled
+    out.pow(2).sum().backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def _assert_same_function(a, b):
+    torch.testing.assert_close(a[0], b[0], rtol=1e-5, atol=1e-6)
+    for ga, gb in zip(a[1], b[1]):  # float32 rounding, relative to each gradient's scale
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-4 * gb.abs().max().item())
+
+
+@pytest.mark.parametrize("size", [(256, 128), (128, 64)])
+def test_packed_windows_equal_the_padded_windows_with_gradients(size):
+    """Attention over the real tokens with each window's padded keys folded into one is the same
+    function as SOLIDER's padded windows (which test_block_matches_mmcv_pad_then_shift pins to an
+    independent construction), values and gradients, at the ReID size and the demo's."""
+    from soliderkit.backbone.swin import set_window_packing
+
+    model = _pico().train()
+    with torch.no_grad():
+        for s in model.layers:
+            for b in s.blocks:
+                b.attn.relative_position_bias_table.normal_(std=0.5)
+                b.attn.qkv.bias.normal_(std=0.5)  # the padded tokens' key and value matter
+    x = _images(batch=2, size=size)
+    torch.manual_seed(1)  # the same drop-path draws for both
+    packed = _output_and_grads(model, x)
+    set_window_packing(model, False)
+    torch.manual_seed(1)
+    padded = _output_and_grads(model, x)
+    _assert_same_function(packed, padded)
+
+
+def test_attention_dropout_falls_back_to_the_padded_windows():
+    """Dropout on attention weights drops padded keys one by one, which one folded key cannot do."""
+    block = PadThenShiftBlock(dim=32, input_resolution=(16, 8), num_heads=2, window_size=7, shift_size=3,
+                              always_partition=True, dynamic_mask=True, attn_drop=0.5).train()
+    calls = []
+    block._attn_padded = lambda x: calls.append(x.shape) or torch.zeros_like(x)
+    block(torch.randn(1, 16, 8, 32))
+    assert calls == [(1, 16, 8, 32)]
+    block.eval()(torch.randn(1, 16, 8, 32))  # no dropout at evaluation: packed
+    assert len(calls) == 1
+
+
 def test_attention_goes_through_sdpa_and_equals_the_explicit_softmax():
     """Our blocks turn timm's fused_attn on (timm leaves it off for Swin); the relative-position
-    bias and the shifted-window masks go into scaled_dot_product_attention as attn_mask."""
-    from soliderkit.backbone.swin import set_fused_attention
+    bias and the shifted-window masks go into scaled_dot_product_attention as attn_mask, except
+    for a CPU backward, where SDPA has no fused kernel for a bias with a gradient."""
+    from soliderkit.backbone import swin
 
     model = _pico().train()
     attns = [b.attn for s in model.layers for b in s.blocks]
@@ -217,23 +265,27 @@ def test_attention_goes_through_sdpa_and_equals_the_explicit_softmax():
     with torch.no_grad():
         for a in attns:
             a.relative_position_bias_table.normal_(std=0.5)
+    bias = attns[0].relative_position_bias_table
+    assert not swin._use_sdpa(attns[0], bias)  # CPU, bias needs a gradient: the explicit softmax
+    with torch.no_grad():
+        assert swin._use_sdpa(attns[0], bias)
     x = _images(batch=2)
     results = []
-    for fused in (True, False):
-        set_fused_attention(model, fused)
-        model.zero_grad()
-        out = model(x, semantic_weight=0.3).pooled
-        out.pow(2).sum().backward()
-        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
-    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(results[0][1], results[1][1]):  # float32 rounding, relative to each gradient's scale
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+    original = swin._use_sdpa
+    for forced in (True, False):
+        swin._use_sdpa = lambda attn, bias, forced=forced: forced
+        try:
+            results.append(_output_and_grads(model, x))
+        finally:
+            swin._use_sdpa = original
+    _assert_same_function(results[0], results[1])
 
 
 def test_shifted_window_mask_is_built_once_per_input_size():
     from soliderkit.backbone import swin
 
     swin._SHIFT_MASKS.clear()
+    swin._WINDOW_PLANS.clear()
     built = []
     original = PadThenShiftBlock.get_attn_mask
 

@@ -460,7 +460,7 @@ def test_gpu_check_runs_the_same_code_paths_on_the_cpu(tmp_path, capsys):
     assert "| stage | arch | dtype | compile |" in out
     assert report["onnx"]["failures"] == [] and "ONNX: exported and checked" in out
     assert "TensorRT:" in out
-    assert set(report["attention"]["results"]) == {"sdpa+cache", "sdpa+rebuild", "explicit+cache", "sdpa+project-all"}
+    assert set(report["attention"]["results"]) == {"packed", "padded", "padded+rebuild", "explicit", "project-all"}
     assert report["seconds"] < 60
 
 
@@ -470,10 +470,10 @@ def test_attention_and_checkpointing_benches_print_their_ratios(capsys):
     assert attention.main(["--arch", PICO, "--size", "64", "32", "--batch", "2", "--repeats", "1",
                            "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    rows = re.findall(r"^(sdpa\+cache|sdpa\+rebuild|explicit\+cache|sdpa\+project-all)\s+[\d.]+\s+[\d.]+\s+"
+    rows = re.findall(r"^(packed|padded|padded\+rebuild|explicit|project-all)\s+[\d.]+\s+[\d.]+\s+"
                       r"([\d.]+)\s+([\d.e+-]+)\s*$", out, re.M)
-    # every variant computes the same function (sdpa+project-all: the padded tokens projected too)
-    assert [r[0] for r in rows] == ["sdpa+cache", "sdpa+rebuild", "explicit+cache", "sdpa+project-all"]
+    # every variant computes the same function (project-all: the padded tokens projected too)
+    assert [r[0] for r in rows] == ["packed", "padded", "padded+rebuild", "explicit", "project-all"]
     assert float(rows[0][1]) == 1.0 and all(float(r[2]) < 1e-4 for r in rows)
 
     checkpointing = load_script("bench/bench_grad_checkpointing.py")

@@ -33,6 +33,7 @@ from timm.models.swin_transformer import (
     PatchMerging,
     SwinTransformerBlock,
     WindowAttention,
+    get_relative_position_index,
     window_partition,
     window_reverse,
 )
@@ -82,28 +83,46 @@ def set_fused_attention(module: nn.Module, enabled: bool = True) -> None:
             sub.fused_attn = enabled
 
 
+def set_window_packing(module: nn.Module, enabled: bool = True) -> None:
+    """Attention over the real tokens only (default; ``packed_window_attention``) or over SOLIDER's
+    padded windows as built (``PadThenShiftBlock._attn_padded``): the same function, so this only
+    changes speed (``bench/bench_attention.py`` measures both on a device)."""
+    for sub in module.modules():
+        if isinstance(sub, PadThenShiftBlock):
+            sub.pack_windows = enabled
+
+
 class PadThenShiftBlock(SwinTransformerBlock):
     """timm's Swin block with SOLIDER's window order: pad, then shift, mask on the padded map.
 
-    Attention runs through PyTorch's scaled-dot-product path (``set_fused_attention``), the
-    shifted-window mask is built once per input size (``shifted_window_mask``), and the padded
-    tokens are never projected (their q, k, v are the qkv bias; ``window_attention``).
+    The padded tokens are never computed: SOLIDER pads the normalised map with zeros before the
+    qkv projection, so a padded token's key and value are the projection's bias, and its output
+    is cropped away. ``_attn`` therefore attends with the real tokens only (``packed_window_attention``:
+    each window's padded keys folded into one key, exactly); ``_attn_padded`` is the literal
+    construction (used when attention dropout is on, where the fold does not hold). Attention runs
+    through PyTorch's scaled-dot-product path where it has a fused kernel (``set_fused_attention``).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.attn.fused_attn = True
+        self.pack_windows = True  # set_window_packing
 
     def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        attn = self.attn
+        if not self.pack_windows or (attn.training and attn.attn_drop.p > 0):
+            return self._attn_padded(x)
+        _, height, width, _ = x.shape
+        plan = window_plan(self, height, width, x.device)
+        return attn.proj_drop(attn.proj(packed_window_attention(attn, x, plan)))
+
+    def _attn_padded(self, x: torch.Tensor) -> torch.Tensor:
         _, height, width, _ = x.shape
         attn = self.attn
         win_h, win_w = self.window_size
         pad_h, pad_w = (-height) % win_h, (-width) % win_w
         padded_h, padded_w = height + pad_h, width + pad_w
-        # SOLIDER pads the normalised map with zeros before the qkv projection, so a padded
-        # token's q, k and v are the projection's bias. Projecting only the real tokens and
-        # padding with the bias gives the same windows without the padded tokens' products
-        # (at 256x128 the last two stages' windows are 2-3x padding; 128x64: 3-6x).
+        # The padded tokens' q, k and v are the projection's bias (see the class docstring).
         qkv = F.pad(F.linear(x, attn.qkv.weight), (0, 0, 0, pad_w, 0, pad_h))
         if attn.qkv.bias is not None:
             qkv = qkv + attn.qkv.bias
@@ -128,6 +147,25 @@ class PadThenShiftBlock(SwinTransformerBlock):
         return attn.proj_drop(attn.proj(x[:, :height, :width, :]))
 
 
+def _use_sdpa(attn: WindowAttention, bias: torch.Tensor) -> bool:
+    """SDPA where PyTorch has a fused kernel for it. On the CPU a bias that needs a gradient sends
+    SDPA to its unfused fallback, which is slower than the explicit softmax (pico, 128x64, batch
+    32, forward + backward: 10%, ``bench/bench_attention.py``); inference keeps the fused kernel."""
+    if not attn.fused_attn:
+        return False
+    return not (bias.device.type == "cpu" and bias.requires_grad and torch.is_grad_enabled())
+
+
+def _attend(attn: WindowAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v over the last two dims (any leading batch dims)."""
+    if _use_sdpa(attn, bias):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                              dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    weights = attn.attn_drop(attn.softmax((q * attn.scale) @ k.transpose(-2, -1) + bias))
+    return weights @ v
+
+
 def window_attention(attn: WindowAttention, qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """timm's ``WindowAttention.forward`` between its two projections: ``qkv`` (windows, N, 3C)
     already projected, returns the heads' concatenated outputs (windows, N, C) before ``proj``."""
@@ -138,13 +176,139 @@ def window_attention(attn: WindowAttention, qkv: torch.Tensor, mask: torch.Tenso
         num_win = mask.shape[0]
         bias = (bias.view(1, 1, attn.num_heads, tokens, tokens) + mask.view(1, num_win, 1, tokens, tokens)) \
             .expand(windows // num_win, -1, -1, -1, -1).reshape(windows, attn.num_heads, tokens, tokens)
-    if attn.fused_attn:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    return _attend(attn, q, k, v, bias).transpose(1, 2).reshape(windows, tokens, -1)
+
+
+# --- attention over the real tokens only ------------------------------------------------------
+#
+# In a padded window every padded key is the same vector (the qkv bias's k, v), and only its
+# logit bias differs (relative position + shift mask). Their share of query i's softmax is
+#   sum_j exp(q.k_b * scale + b_ij) v_b = exp(q.k_b * scale + logsumexp_j b_ij) v_b,
+# so one key (k_b, v_b) with logit bias logsumexp_j b_ij stands for all of them, exactly. Padded
+# queries are never needed (their outputs are cropped). Windows are grouped by how many real
+# tokens they hold, so each group is one batched attention over real tokens plus that one key:
+# at 128x64 the four stages attend with 61 / 36 / 17 / 3 % of the padded windows' query-key
+# pairs (256x128: 84 / 61 / 36 / 17 %).
+
+class WindowPlan(NamedTuple):
+    """Where the real tokens of one (H, W) map sit in a block's padded, shifted windows, grouped
+    by the number n of real tokens per window (one entry per group in each list)."""
+    order: torch.Tensor  # (H*W,) flat map index of every real token, group after group
+    inverse: torch.Tensor  # (H*W,) puts the groups' outputs back in map order
+    sizes: list[tuple[int, int]]  # (windows G, real tokens n) per group
+    table_real: list[torch.Tensor]  # (G, n, n) relative-position-table rows, real query x real key
+    table_pad: list[torch.Tensor | None]  # (G, n, P) the same for the P padded keys (None: P = 0)
+    mask_real: list[torch.Tensor | None]  # (G, n, n) shifted-window mask (0 / -100); None unshifted
+    mask_pad: list[torch.Tensor | None]  # (G, n, P)
+
+
+_WINDOW_PLANS: dict[tuple, WindowPlan] = {}
+
+
+def window_plan(block: SwinTransformerBlock, height: int, width: int, device: torch.device) -> WindowPlan:
+    """The block's :class:`WindowPlan` for an (H, W) map, built once per (H, W, window, shift, device)
+    (inline while tracing or compiling, as the shift mask)."""
+    inline = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    key = (height, width, tuple(block.window_size), tuple(block.shift_size), device)
+    plan = None if inline else _WINDOW_PLANS.get(key)
+    if plan is None:
+        with torch.inference_mode(False), torch.no_grad():
+            plan = _build_window_plan(block, height, width, device)
+        if not inline:
+            if len(_WINDOW_PLANS) >= _SHIFT_MASKS_MAX:
+                _WINDOW_PLANS.pop(next(iter(_WINDOW_PLANS)))
+            _WINDOW_PLANS[key] = plan
+    return plan
+
+
+def _build_window_plan(block: SwinTransformerBlock, height: int, width: int, device: torch.device) -> WindowPlan:
+    win_h, win_w = block.window_size
+    area = win_h * win_w
+    padded_h, padded_w = height + (-height) % win_h, width + (-width) % win_w
+    # Each padded-map place holds its token's flat index, or -1 for padding; shifted as the map is.
+    ids = torch.full((padded_h, padded_w), -1, dtype=torch.long)
+    ids[:height, :width] = torch.arange(height * width).view(height, width)
+    shifted = any(s > 0 for s in block.shift_size)
+    if shifted:
+        ids = torch.roll(ids, shifts=tuple(-s for s in block.shift_size), dims=(0, 1))
+    ids = window_partition(ids[None, :, :, None], block.window_size).reshape(-1, area)  # (windows, area)
+    mask = shifted_window_mask(block, torch.empty(1, padded_h, padded_w, 1)).cpu() if shifted else None
+    table_index = get_relative_position_index(win_h, win_w)  # timm's, built here: the block's may be on meta
+
+    real = ids >= 0
+    counts = real.sum(1)
+    order, plan = [], WindowPlan(None, None, [], [], [], [], [])
+    for n in sorted(set(counts.tolist()), reverse=True):
+        windows = (counts == n).nonzero().flatten()
+        slots = real[windows].nonzero()[:, 1].view(len(windows), n)
+        pad_slots = (~real[windows]).nonzero()[:, 1].view(len(windows), area - n)
+        order.append(ids[windows].gather(1, slots).flatten())
+        rows = slots[:, :, None]
+        plan.sizes.append((len(windows), n))
+        plan.table_real.append(table_index[rows, slots[:, None, :]].to(device))
+        plan.table_pad.append(table_index[rows, pad_slots[:, None, :]].to(device) if area > n else None)
+        if mask is not None:
+            plan.mask_real.append(mask[windows[:, None, None], rows, slots[:, None, :]].to(device))
+            plan.mask_pad.append(mask[windows[:, None, None], rows, pad_slots[:, None, :]].to(device)
+                                 if area > n else None)
+        else:
+            plan.mask_real.append(None)
+            plan.mask_pad.append(None)
+    order = torch.cat(order)
+    return plan._replace(order=order.to(device), inverse=torch.argsort(order).to(device))
+
+
+def packed_window_attention(attn: WindowAttention, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+    """SOLIDER's padded, shifted window attention of the normalised map ``x`` (B, H, W, C) computed
+    over its real tokens only (see the note above); returns (B, H, W, C) before ``proj``."""
+    batch, height, width, channels = x.shape
+    heads = attn.num_heads
+    head_dim = channels // heads
+    qkv = permute_tokens(F.linear(x, attn.qkv.weight, attn.qkv.bias).flatten(1, 2), plan.order, plan.inverse)
+    if attn.qkv.bias is not None:  # a padded token's key and value
+        pad_k, pad_v = attn.qkv.bias[channels:].view(2, 1, 1, heads, 1, head_dim).unbind(0)
     else:
-        weights = attn.attn_drop(attn.softmax((q * attn.scale) @ k.transpose(-2, -1) + bias))
-        out = weights @ v
-    return out.transpose(1, 2).reshape(windows, tokens, -1)
+        pad_k = pad_v = qkv.new_zeros(1, 1, heads, 1, head_dim)
+    table = attn.relative_position_bias_table  # (rows, heads)
+    outputs, start = [], 0
+    for g, (groups, n) in enumerate(plan.sizes):
+        part = qkv[:, start:start + groups * n].view(batch, groups, n, 3, heads, head_dim)
+        start += groups * n
+        q, k, v = part.permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, G, heads, n, head_dim)
+        bias = table[plan.table_real[g]].permute(0, 3, 1, 2)  # (G, heads, n, n)
+        if plan.mask_real[g] is not None:
+            bias = bias + plan.mask_real[g][:, None]
+        if plan.table_pad[g] is not None:
+            pad_bias = table[plan.table_pad[g]].permute(0, 3, 1, 2)
+            if plan.mask_pad[g] is not None:
+                pad_bias = pad_bias + plan.mask_pad[g][:, None]
+            bias = torch.cat([bias, pad_bias.logsumexp(-1, keepdim=True)], dim=-1)
+            k = torch.cat([k, pad_k.to(k.dtype).expand(batch, groups, -1, -1, -1)], dim=3)
+            v = torch.cat([v, pad_v.to(v.dtype).expand(batch, groups, -1, -1, -1)], dim=3)
+        out = _attend(attn, q, k, v, bias)  # (B, G, heads, n, head_dim)
+        outputs.append(out.permute(0, 1, 3, 2, 4).reshape(batch, groups * n, channels))
+    out = permute_tokens(torch.cat(outputs, dim=1), plan.inverse, plan.order)
+    return out.view(batch, height, width, channels)
+
+
+class _PermuteTokens(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, order, inverse):
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+def permute_tokens(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """``x[:, order]`` for a permutation ``order`` (``inverse`` its inverse). Its gradient is the
+    inverse gather, not the scatter-add autograd would use for a general index (3x slower on the CPU)."""
+    if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
+        return _PermuteTokens.apply(x, order, inverse)
+    return x.index_select(1, order)
 
 
 class SwinStage(nn.Module):
