@@ -4,8 +4,10 @@
 
 Runs full training steps (forward, ID + soft-margin triplet loss, backward, SGD step) on
 random images with a P x K label layout, after one warm-up step, and prints images/s for
-each model and the ratio against the pico model measured in the same run (absolute
-numbers on a shared machine mean little).
+each model with the backbone's attention over the real tokens only (as it runs) and over
+SOLIDER's padded windows (``set_window_packing(False)``, the same function), their ratio,
+and the ratio against the pico model measured in the same run (absolute numbers on a shared
+machine mean little).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 
 import torch
 
+from soliderkit.backbone.swin import set_window_packing
 from soliderkit.finetune.config import ModelConfig
 from soliderkit.finetune.losses import TripletLoss, id_loss
 from soliderkit.finetune.model import build_reid_model
@@ -24,10 +27,12 @@ MODELS = {
 }
 
 
-def images_per_second(arch: str, height: int, width: int, feat_dim: int, batch: int, steps: int) -> float:
+def images_per_second(arch: str, height: int, width: int, feat_dim: int, batch: int, steps: int,
+                      packed: bool = True) -> float:
     cfg = ModelConfig(backbone=arch, input_height=height, input_width=width, reduce_feat_dim=True,
                       feat_dim=feat_dim, semantic_weight=0.2)
     model = build_reid_model(cfg, num_classes=751).train()
+    set_window_packing(model, packed)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     triplet = TripletLoss(margin=None)
     images = torch.randn(batch, 3, height, width)
@@ -58,9 +63,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.steps} steps")
     baseline = None
     for name, spec in MODELS.items():
+        padded = images_per_second(*spec, batch=args.batch, steps=args.steps, packed=False)
         rate = images_per_second(*spec, batch=args.batch, steps=args.steps)
         baseline = baseline or rate
-        print(f"{name:<62} {rate:8.1f} images/s   {rate / baseline:6.3f}x pico")
+        print(f"{name:<62} {rate:8.1f} images/s   {rate / baseline:6.3f}x pico   "
+              f"padded windows {padded:8.1f} images/s (packed: {rate / padded:.2f}x)")
 
 
 if __name__ == "__main__":
