@@ -371,7 +371,7 @@ def our_finetune_step(cfg, num_classes: int, seed: int, epoch: int):
     """Our model with seeded weights, and one step as finetune/run.py takes it (fp32)."""
     from soliderkit.finetune.losses import ReidLosses
     from soliderkit.finetune.model import build_reid_model
-    from soliderkit.finetune.optim import build_optimizer, build_scheduler
+    from soliderkit.finetune.optim import build_optimizer, build_scheduler, lr_and_weight_decay
 
     model = build_reid_model(cfg.model, num_classes, load_pretrained=False)
     seeded_init(model, seed)
@@ -386,7 +386,7 @@ def our_finetune_step(cfg, num_classes: int, seed: int, epoch: int):
     loss = sum(terms.values())
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    lrs = {g["name"]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups}
+    lrs = lr_and_weight_decay(optimizer)
     optimizer.step()
     return {"model": model, "initial": initial, "terms": {k: v.item() for k, v in terms.items()},
             "loss": loss.item(), "grads": grads, "lr_wd": lrs,

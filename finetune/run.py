@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -64,16 +64,18 @@ from soliderkit.throughput import (ThroughputMeter, count_flops, describe_cost, 
                                    precision_key)
 
 
-def load_splits(cfg: DatasetConfig) -> ReidSplits:
+def load_splits(cfg: DatasetConfig, rank: int = 0, world_size: int = 1) -> ReidSplits:
     """The train / query / gallery records named by the TAO ``dataset`` section, every image of
-    them checked (a clear error instead of a crash mid-epoch or at validation)."""
+    them checked (a clear error instead of a crash mid-epoch or at validation; in a multi-process
+    run each process checks its share)."""
     try:
         splits = _parse_splits(cfg)
     except DatasetError as exc:
         raise SystemExit(f"dataset error: {exc}") from None
     records = {"train": splits.train, "query": splits.query, "gallery": splits.gallery}
     dropped = readable_only([r.path for subset in records.values() for r in subset], skip=cfg.skip_unreadable_images,
-                            what="the dataset folders", fix="set dataset.skip_unreadable_images=true")
+                            what="the dataset folders", fix="set dataset.skip_unreadable_images=true",
+                            progress=rank == 0, rank=rank, world_size=world_size, gather=gather_object)
     if dropped:
         splits = dataclasses.replace(splits, **{k: [r for r in v if r.path not in dropped] for k, v in records.items()})
     return splits
@@ -249,7 +251,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if cfg.train.seed >= 0:
         set_seed(cfg.train.seed)
 
-    splits = load_splits(cfg.dataset)
+    splits = load_splits(cfg.dataset, accelerator.process_index, accelerator.num_processes)
     num_classes = len({r.pid for r in splits.train})
     try:
         model = build_reid_model(cfg.model, num_classes, cosine_scale=cfg.train.optim.cosine_scale,

@@ -50,7 +50,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm.auto import tqdm
@@ -210,7 +210,8 @@ def build_data(cfg: PretrainConfig, rank: int, world_size: int, pin_memory: bool
         if not paths:
             raise SystemExit(f"config error: data.path={d.path}: no images ({sorted(IMAGE_SUFFIXES)}) found")
         dropped = readable_only(paths, skip=d.skip_unreadable_images, what=f"data.path={d.path}",
-                                fix="set data.skip_unreadable_images=true", progress=rank == 0)
+                                fix="set data.skip_unreadable_images=true", progress=rank == 0,
+                                rank=rank, world_size=world_size, gather=gather_object)
         paths = [p for p in paths if str(p) not in dropped]
         sampler = EpochBatches(len(paths), d.batch_size_per_device, rank=rank, world_size=world_size,
                                seed=cfg.seed, batches_per_epoch=d.batches_per_epoch)

@@ -90,6 +90,38 @@ def test_unreadable_images_are_listed_or_left_out(tiny_world, tmp_path, capsys):
     assert json.loads((tmp_path / "r/train/metrics.json").read_text())["mAP"] >= 0
 
 
+def test_each_process_checks_its_share_of_the_images_and_all_drop_the_same(tmp_path):
+    """Two processes of a run: each reads every second file's header, the pooled result (what
+    accelerate's gather_object returns on both) is the same set of files to drop on each."""
+    from PIL import Image
+
+    from soliderkit.reid import image_check
+
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (8, 16)).save(path)
+        paths.append(str(path))
+    Path(paths[1]).write_bytes(b"")  # rank 1's share: 1, 3, 5
+    Path(paths[4]).write_bytes(b"not an image")  # rank 0's share: 0, 2, 4
+    shares = {rank: image_check.find_unreadable(paths[rank::2], progress=False) for rank in (0, 1)}
+    assert [p for p, _ in shares[0]] == [paths[4]] and [p for p, _ in shares[1]] == [paths[1]]
+    checked = []
+    original = image_check.find_unreadable
+    try:
+        image_check.find_unreadable = lambda share, progress: checked.append(list(share)) or original(share, progress=False)
+        dropped = [image_check.readable_only(paths, skip=True, what="w", fix="f", progress=False, rank=rank,
+                                             world_size=2, gather=lambda _: shares[0] + shares[1])
+                   for rank in (0, 1)]
+        with pytest.raises(SystemExit, match=r"(?s)2 unreadable image\(s\) in w:.*1\.jpg.*4\.jpg"):
+            image_check.readable_only(paths, skip=False, what="w", fix="f", rank=1, world_size=2,
+                                      gather=lambda _: shares[0] + shares[1])
+    finally:
+        image_check.find_unreadable = original
+    assert checked[:2] == [paths[0::2], paths[1::2]]
+    assert dropped == [{paths[1], paths[4]}] * 2
+
+
 def test_pretrain_folder_with_a_corrupt_image(tiny_world, tmp_path):
     world = _copy_world(tiny_world / "unlabeled", tmp_path / "unlabeled")
     bad = sorted(world.rglob("*.jpg"))[0]

@@ -10,7 +10,7 @@ from script_loader import load_script
 from soliderkit.config import ConfigError, config_from_dict
 from soliderkit.finetune.config import FinetuneConfig
 from soliderkit.finetune.model import build_reid_model
-from soliderkit.finetune.optim import build_optimizer
+from soliderkit.finetune.optim import build_optimizer, lr_and_weight_decay
 from soliderkit.pretrain.config import PretrainConfig
 from soliderkit.pretrain.dino import DINOHead, DINOLoss
 from soliderkit.pretrain.semantic import PartClassifier, sklearn_cluster_parts, sklearn_part_labels
@@ -64,7 +64,10 @@ def test_bias_rule_decides_the_relative_position_tables(rule, tables_are_biases)
     cfg = _finetune(train={"optim": {"name": "SGD", "base_lr": 0.1, "bias_lr_factor": 2.0, "weight_decay": 0.5,
                                      "weight_decay_bias": 0.25, "bias_param_rule": rule}})
     model = build_reid_model(cfg.model, 5, load_pretrained=False)
-    groups = {g["name"]: (g["lr"], g["weight_decay"]) for g in build_optimizer(model, cfg.train.optim).param_groups}
+    optimizer = build_optimizer(model, cfg.train.optim)
+    groups = lr_and_weight_decay(optimizer)
+    assert len(optimizer.param_groups) == len(set(groups.values())) == 2  # one group per (lr, weight decay)
+    assert sorted(groups) == sorted(n for n, p in model.named_parameters() if p.requires_grad)
     tables = [n for n in groups if n.endswith("relative_position_bias_table")]
     assert tables and all(groups[n] == ((0.2, 0.25) if tables_are_biases else (0.1, 0.5)) for n in tables)
     assert groups["backbone.layers.0.blocks.0.attn.qkv.bias"] == (0.2, 0.25)  # a real bias: both rules

@@ -27,7 +27,10 @@ from soliderkit.finetune.config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = []
+    """Parameters with the same LR and weight decay share one group, listed by name in its ``names``
+    (SOLIDER-REID makes one group per parameter: the same update, but a fused optimizer launches
+    one kernel per group, and Swin-B has over 300 parameters)."""
+    groups: dict[tuple[float, float], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -37,12 +40,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
             lr, weight_decay = cfg.base_lr * cfg.bias_lr_factor, cfg.weight_decay_bias
         if cfg.large_fc_lr and "classifier" in name:
             lr = cfg.base_lr * 2
-        groups.append({"params": [param], "lr": lr, "weight_decay": weight_decay, "name": name})
+        group = groups.setdefault((lr, weight_decay), {"params": [], "names": [], "lr": lr,
+                                                       "weight_decay": weight_decay})
+        group["params"].append(param)
+        group["names"].append(name)
+    groups = list(groups.values())
     if cfg.name == "SGD":
         return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum)
     if cfg.name == "Adam":
         return torch.optim.Adam(groups, lr=cfg.base_lr)
     return torch.optim.AdamW(groups, lr=cfg.base_lr)
+
+
+def lr_and_weight_decay(optimizer: torch.optim.Optimizer) -> dict[str, tuple[float, float]]:
+    """``{parameter name: (lr, weight decay)}`` of an optimizer from :func:`build_optimizer`."""
+    return {name: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for name in g["names"]}
 
 
 class WarmupMultiStepScheduler(Scheduler):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from typing import Sequence
+from typing import Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
@@ -65,13 +65,25 @@ def report_unreadable(bad: list[tuple[str, str]], *, what: str, fix: str) -> str
 
 
 def readable_only(paths: Sequence[str | os.PathLike], *, skip: bool, what: str, fix: str,
-                  progress: bool = True) -> set[str]:
+                  progress: bool = True, rank: int = 0, world_size: int = 1,
+                  gather: Callable[[list], list] | None = None) -> set[str]:
     """Check ``paths``; stop with the full list of unreadable files (naming ``fix``, the setting that
-    leaves them out) unless ``skip``, when they are counted on stderr. Returns the paths to drop."""
-    bad = find_unreadable(paths, progress=progress)
+    leaves them out) unless ``skip``, when they are counted on stderr. Returns the paths to drop.
+
+    In a run of ``world_size`` processes each checks every ``world_size``-th file (from ``rank``) and
+    ``gather`` (accelerate's ``gather_object``: every process gets all processes' lists) pools what
+    they found, so the work is shared and every process drops, or stops on, the same files.
+    """
+    paths = [str(p) for p in paths]
+    bad = find_unreadable(paths[rank::world_size], progress=progress)
+    if world_size > 1:
+        if gather is None:
+            raise ValueError("readable_only: a multi-process check needs gather (accelerate.utils.gather_object)")
+        found = dict(gather(bad))
+        bad = [(p, found[p]) for p in paths if p in found]
     if bad and not skip:
         raise SystemExit(report_unreadable(bad, what=what, fix=fix))
-    if bad:
+    if bad and rank == 0:
         print(f"warning: left out {len(bad)} unreadable image(s) ({fix}), e.g. {bad[0][0]}: {bad[0][1]}",
               file=sys.stderr)
     return {path for path, _ in bad}
