@@ -31,7 +31,7 @@ demo: $(STAMP) $(DEMO_WORLD)/world.json
 	$(LAUNCH) finetune/run.py --config configs/finetune/synthetic_demo.yaml results_dir=$(DEMO_RESULTS)/finetune \
 		model.pretrained_model_path=$(DEMO_RESULTS)/pretrain/backbone.safetensors --overwrite
 	$(BIN)/python -m soliderkit.reid.compare $(DEMO_WORLD) \
-		"swin_pico: 2-min DINO, then fine-tuned=$(DEMO_RESULTS)/finetune/train/metrics.json"
+		"swin_pico: 150-step DINO, then fine-tuned=$(DEMO_RESULTS)/finetune/train/metrics.json"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
