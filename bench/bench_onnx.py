@@ -9,6 +9,11 @@ abs difference between the two outputs on the timed batch.
 
     .venv/bin/python bench/bench_onnx.py                       # pico + Swin-T, batch 8, all cores
     .venv/bin/python bench/bench_onnx.py --threads 1 --models swin_tiny_patch4_window7_224
+    .venv/bin/python bench/bench_onnx.py --padded-windows      # the graph with SOLIDER's padded windows
+
+``--padded-windows`` exports (and runs in PyTorch) the attention over SOLIDER's padded windows
+instead of over the real tokens (``set_window_packing(False)``; the same function, a different
+graph), to compare the two graphs' speed in a runtime.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from soliderkit.backbone.swin import set_window_packing  # noqa: E402
 from soliderkit.finetune.config import ModelConfig  # noqa: E402
 from soliderkit.finetune.export import INPUT_NAME, OUTPUT_NAME, export_onnx  # noqa: E402
 from soliderkit.finetune.model import build_reid_model  # noqa: E402
@@ -47,6 +53,7 @@ def bench(arch: str, args) -> dict:
     cfg = ModelConfig(backbone=arch, input_height=args.height, input_width=args.width, reduce_feat_dim=True,
                       feat_dim=256, pretrained_model_path=None)
     model = build_reid_model(cfg, num_classes=751).eval()
+    set_window_packing(model, not args.padded_windows)
     images = torch.randn(args.batch, 3, args.height, args.width)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
@@ -82,10 +89,13 @@ def main(argv=None) -> int:
                         help="intra-op threads for both runtimes (default: torch's default)")
     parser.add_argument("--seconds", type=float, default=5.0, help="minimum timed seconds per runtime")
     parser.add_argument("--min-iters", type=int, default=3, help="minimum timed forwards per runtime")
+    parser.add_argument("--padded-windows", action="store_true",
+                        help="attention over SOLIDER's padded windows instead of the real tokens only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"CPU: {os.cpu_count()} logical cores, {args.threads} threads; batch {args.batch}, "
-          f"{args.height}x{args.width}; torch {torch.__version__}")
+          f"{args.height}x{args.width}; torch {torch.__version__}; "
+          f"attention over {'padded windows' if args.padded_windows else 'the real tokens'}")
     print(f"{'model':<30} {'params (M)':>10} {'PyTorch emb/s':>14} {'ORT emb/s':>10} {'speed-up':>9} {'max|diff|':>10}")
     for arch in args.models:
         r = bench(arch, args)

@@ -281,30 +281,43 @@ def test_attention_goes_through_sdpa_and_equals_the_explicit_softmax():
     _assert_same_function(results[0], results[1])
 
 
-def test_shifted_window_mask_is_built_once_per_input_size():
+def test_window_plans_and_masks_are_built_once_per_input_size():
+    """The packed attention's plans (index tables and shift masks) and the padded path's shift masks
+    are built once per map size and window / shift, not in every block call."""
     from soliderkit.backbone import swin
 
     swin._SHIFT_MASKS.clear()
     swin._WINDOW_PLANS.clear()
-    built = []
-    original = PadThenShiftBlock.get_attn_mask
+    built, plans = [], []
+    original, build_plan = PadThenShiftBlock.get_attn_mask, swin._build_window_plan
 
     def counting(self, x=None, device=None, dtype=None):
         built.append(tuple(x.shape[1:3]))
         return original(self, x, device, dtype)
 
     model = _pico()
+    shifted_stages = sum(any(b.shift_size[0] for b in s.blocks) for s in model.layers)
+    block_kinds = sum(len({b.shift_size for b in s.blocks}) for s in model.layers)  # (stage, shift) pairs
     PadThenShiftBlock.get_attn_mask = counting
+    swin._build_window_plan = lambda *args: plans.append(args[:4]) or build_plan(*args)
     try:
-        with torch.inference_mode():  # a mask first built under inference_mode still trains
+        with torch.inference_mode():  # a plan first built under inference_mode still trains
             model(_images(batch=1))
-        first = len(built)
+        assert len(plans) == block_kinds and built == []  # packed: plans only, no timm masks
         model.train()
         model(_images(batch=2)).pooled.sum().backward()  # same size, other batch: nothing rebuilt
-        model(_images(batch=1, size=(128, 64)))  # a new size: its own masks
+        model(_images(batch=1, size=(96, 64)))  # a new size (no map shared with 256x128): its own plans
+        assert len(plans) == 2 * block_kinds
+        swin.set_window_packing(model, False)  # SOLIDER's padded windows: timm's masks, cached
+        with torch.inference_mode():
+            model(_images(batch=1))
+        first = len(built)
+        model(_images(batch=2)).pooled.sum().backward()
+        model(_images(batch=1, size=(96, 64)))
     finally:
         PadThenShiftBlock.get_attn_mask = original
-    shifted_stages = sum(any(b.shift_size[0] for b in s.blocks) for s in model.layers)
+        swin._build_window_plan = build_plan
+    assert len(plans) == 2 * block_kinds
     assert first == shifted_stages  # one per stage with shifted blocks, not one per block call
     assert len(built) == 2 * shifted_stages
     for (hp, wp, *_), mask in swin._SHIFT_MASKS.items():  # the cached masks are timm's construction

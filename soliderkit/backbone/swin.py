@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, trunc_normal_
@@ -206,56 +207,86 @@ _WINDOW_PLANS: dict[tuple, WindowPlan] = {}
 
 
 def window_plan(block: SwinTransformerBlock, height: int, width: int, device: torch.device) -> WindowPlan:
-    """The block's :class:`WindowPlan` for an (H, W) map, built once per (H, W, window, shift, device)
-    (inline while tracing or compiling, as the shift mask)."""
-    inline = torch.jit.is_tracing() or torch.compiler.is_compiling()
-    key = (height, width, tuple(block.window_size), tuple(block.shift_size), device)
-    plan = None if inline else _WINDOW_PLANS.get(key)
+    """The block's :class:`WindowPlan` for an (H, W) map, built once per (H, W, window, shift, device)."""
+    return _cached_window_plan(height, width, tuple(block.window_size), tuple(block.shift_size), device)
+
+
+@torch.compiler.assume_constant_result
+def _cached_window_plan(height: int, width: int, window: tuple[int, int], shift: tuple[int, int],
+                        device: torch.device) -> WindowPlan:
+    # torch.compile calls this at trace time and keeps its tensors as constants; it is built with
+    # numpy, so an ONNX trace records constants too, never the construction.
+    key = (height, width, window, shift, device)
+    plan = _WINDOW_PLANS.get(key)
     if plan is None:
-        with torch.inference_mode(False), torch.no_grad():
-            plan = _build_window_plan(block, height, width, device)
-        if not inline:
-            if len(_WINDOW_PLANS) >= _SHIFT_MASKS_MAX:
-                _WINDOW_PLANS.pop(next(iter(_WINDOW_PLANS)))
-            _WINDOW_PLANS[key] = plan
+        with torch.inference_mode(False):
+            plan = _build_window_plan(height, width, window, shift, device)
+        if len(_WINDOW_PLANS) >= _SHIFT_MASKS_MAX:
+            _WINDOW_PLANS.pop(next(iter(_WINDOW_PLANS)))
+        _WINDOW_PLANS[key] = plan
     return plan
 
 
-def _build_window_plan(block: SwinTransformerBlock, height: int, width: int, device: torch.device) -> WindowPlan:
-    win_h, win_w = block.window_size
+def _shift_regions(size: int, window: int, shift: int) -> np.ndarray:
+    """Region label of each place along one padded axis for the shifted-window mask: the three
+    slices (0, -window), (-window, -shift), (-shift, end) of timm's / mmcv's construction."""
+    labels = np.zeros(size, dtype=np.int64)
+    labels[size - window:size - shift] = 1
+    labels[size - shift:] = 2
+    return labels
+
+
+def _build_window_plan(height: int, width: int, window: tuple[int, int], shift: tuple[int, int],
+                       device: torch.device) -> WindowPlan:
+    win_h, win_w = window
     area = win_h * win_w
     padded_h, padded_w = height + (-height) % win_h, width + (-width) % win_w
     # Each padded-map place holds its token's flat index, or -1 for padding; shifted as the map is.
-    ids = torch.full((padded_h, padded_w), -1, dtype=torch.long)
-    ids[:height, :width] = torch.arange(height * width).view(height, width)
-    shifted = any(s > 0 for s in block.shift_size)
+    ids = np.full((padded_h, padded_w), -1, dtype=np.int64)
+    ids[:height, :width] = np.arange(height * width).reshape(height, width)
+    shifted = any(s > 0 for s in shift)
+    regions = None
     if shifted:
-        ids = torch.roll(ids, shifts=tuple(-s for s in block.shift_size), dims=(0, 1))
-    ids = window_partition(ids[None, :, :, None], block.window_size).reshape(-1, area)  # (windows, area)
-    mask = shifted_window_mask(block, torch.empty(1, padded_h, padded_w, 1)).cpu() if shifted else None
-    table_index = get_relative_position_index(win_h, win_w)  # timm's, built here: the block's may be on meta
+        ids = np.roll(ids, shift=(-shift[0], -shift[1]), axis=(0, 1))
+        # the mask labels regions of the rolled, padded map (not rolled themselves)
+        regions = (_shift_regions(padded_h, win_h, shift[0])[:, None] * 3
+                   + _shift_regions(padded_w, win_w, shift[1])[None, :])
+
+    def windows_of(grid: np.ndarray) -> np.ndarray:  # (padded_h, padded_w) -> (windows, area)
+        return grid.reshape(padded_h // win_h, win_h, padded_w // win_w, win_w).transpose(0, 2, 1, 3).reshape(-1, area)
+
+    ids = windows_of(ids)
+    regions = windows_of(regions) if shifted else None
+    table_index = get_relative_position_index(win_h, win_w).numpy()  # timm's (area, area) table rows
+
+    def const(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
     real = ids >= 0
     counts = real.sum(1)
     order, plan = [], WindowPlan(None, None, [], [], [], [], [])
     for n in sorted(set(counts.tolist()), reverse=True):
-        windows = (counts == n).nonzero().flatten()
-        slots = real[windows].nonzero()[:, 1].view(len(windows), n)
-        pad_slots = (~real[windows]).nonzero()[:, 1].view(len(windows), area - n)
-        order.append(ids[windows].gather(1, slots).flatten())
-        rows = slots[:, :, None]
+        windows = np.flatnonzero(counts == n)
+        slots = np.nonzero(real[windows])[1].reshape(len(windows), n)
+        pad_slots = np.nonzero(~real[windows])[1].reshape(len(windows), area - n)
+        order.append(np.take_along_axis(ids[windows], slots, axis=1).ravel())
         plan.sizes.append((len(windows), n))
-        plan.table_real.append(table_index[rows, slots[:, None, :]].to(device))
-        plan.table_pad.append(table_index[rows, pad_slots[:, None, :]].to(device) if area > n else None)
-        if mask is not None:
-            plan.mask_real.append(mask[windows[:, None, None], rows, slots[:, None, :]].to(device))
-            plan.mask_pad.append(mask[windows[:, None, None], rows, pad_slots[:, None, :]].to(device)
-                                 if area > n else None)
+        plan.table_real.append(const(table_index[slots[:, :, None], slots[:, None, :]]))
+        plan.table_pad.append(const(table_index[slots[:, :, None], pad_slots[:, None, :]]) if area > n else None)
+        if shifted:
+            labels = regions[windows]
+            query = np.take_along_axis(labels, slots, axis=1)[:, :, None]
+
+            def mask(keys: np.ndarray) -> torch.Tensor:
+                return const(np.where(query != np.take_along_axis(labels, keys, axis=1)[:, None, :],
+                                      np.float32(-100.0), np.float32(0.0)))
+            plan.mask_real.append(mask(slots))
+            plan.mask_pad.append(mask(pad_slots) if area > n else None)
         else:
             plan.mask_real.append(None)
             plan.mask_pad.append(None)
-    order = torch.cat(order)
-    return plan._replace(order=order.to(device), inverse=torch.argsort(order).to(device))
+    order = np.concatenate(order)
+    return plan._replace(order=const(order), inverse=const(np.argsort(order)))
 
 
 def packed_window_attention(attn: WindowAttention, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
@@ -275,11 +306,11 @@ def packed_window_attention(attn: WindowAttention, x: torch.Tensor, plan: Window
         part = qkv[:, start:start + groups * n].view(batch, groups, n, 3, heads, head_dim)
         start += groups * n
         q, k, v = part.permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, G, heads, n, head_dim)
-        bias = table[plan.table_real[g]].permute(0, 3, 1, 2)  # (G, heads, n, n)
+        bias = _table_rows(table, plan.table_real[g])  # (G, heads, n, n)
         if plan.mask_real[g] is not None:
             bias = bias + plan.mask_real[g][:, None]
         if plan.table_pad[g] is not None:
-            pad_bias = table[plan.table_pad[g]].permute(0, 3, 1, 2)
+            pad_bias = _table_rows(table, plan.table_pad[g])  # (G, heads, n, P)
             if plan.mask_pad[g] is not None:
                 pad_bias = pad_bias + plan.mask_pad[g][:, None]
             bias = torch.cat([bias, pad_bias.logsumexp(-1, keepdim=True)], dim=-1)
@@ -289,6 +320,12 @@ def packed_window_attention(attn: WindowAttention, x: torch.Tensor, plan: Window
         outputs.append(out.permute(0, 1, 3, 2, 4).reshape(batch, groups * n, channels))
     out = permute_tokens(torch.cat(outputs, dim=1), plan.inverse, plan.order)
     return out.view(batch, height, width, channels)
+
+
+def _table_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of the (rows, heads) position table at ``index`` (G, n, m), as (G, heads, n, m). A flat
+    ``index_select`` exports to ONNX as one Gather (advanced indexing as several ops, with a warning)."""
+    return table.index_select(0, index.flatten()).view(*index.shape, -1).permute(0, 3, 1, 2)
 
 
 class _PermuteTokens(torch.autograd.Function):
