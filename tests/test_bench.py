@@ -58,3 +58,15 @@ def test_pretrain_transfer_bench_scores_every_backbone_against_the_random_inits(
     assert [float(v) for _, v in rows] == pytest.approx([round(m, 2) for m in random_maps + pretrained_maps], abs=0.006)
     assert summary["knn"]["pretrained_above_every_random"] == sum(m > max(random_maps) for m in pretrained_maps)
     assert "of 2 pretrained backbone(s) above every random init" in out
+
+
+def test_finetune_bench_prints_packed_and_padded_window_rates(capsys):
+    from script_loader import load_script
+
+    bench = load_script("bench/bench_finetune.py")
+    assert bench.main(["--pico-only", "--steps", "1", "--batch", "8", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"^pico .* ([\d.]+) images/s +1\.000x pico +padded windows +([\d.]+) images/s "
+                      r"\(packed: ([\d.]+)x\)$", out, re.M)
+    assert match and float(match[1]) > 0 and float(match[2]) > 0 and "Swin-T" not in out
+    assert abs(float(match[3]) - float(match[1]) / float(match[2])) < 0.01
