@@ -85,6 +85,11 @@ def test_flip_and_a_checkpoint_folder(trained, tiny_world, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["flip"] is True and "re_ranked" not in metrics
     assert _png(tmp_path / "plots/cmc.png")[0] == "PNG"
+    # the other side of the BNNeck (a test-time choice; embeddings: test_extractor.py): config.yaml says which ran
+    before = tmp_path / "before"
+    assert evaluate.main(["--checkpoint", str(trained), "--neck-feat", "before", *_folders(tiny_world),
+                          "dataset.num_workers=0", f"evaluate.results_dir={before}"]) == 0
+    assert "neck_feat: before" in (before / tiny_world.name / "config.yaml").read_text()
     assert 2 * 150 <= _png(tmp_path / "plots/grid.png")[1][1] <= 2 * 260 + 100
     assert not (out / "cmc_curve.png").exists() and not (out / "sampled_matches.png").exists()
 

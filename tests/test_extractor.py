@@ -147,6 +147,27 @@ def test_config_that_disagrees_with_the_checkpoint_is_named_not_used(checkpoint,
                for n in loaded.notes)
 
 
+def test_neck_feat_is_a_test_time_choice(checkpoint, tmp_path, tiny_world):
+    """SOLIDER-REID tests before the BNNeck, TAO after it: the same weights give either embedding."""
+    import copy
+
+    path, model = checkpoint
+    assert model.neck_feat == "after"
+    paths = _paths(tiny_world, 3)
+    extractor = FeatureExtractor(path, device="cpu", neck_feat="before", flip=False)
+    before = copy.deepcopy(model).eval()
+    before.neck_feat = "before"
+    torch.testing.assert_close(extractor(paths), _expected(before, paths, PRE.replace(flip=False)), atol=1e-5, rtol=0)
+    assert not torch.allclose(extractor(paths), _expected(model, paths, PRE.replace(flip=False)), atol=1e-3)
+    assert extractor.model_config.neck_feat == "before"
+    assert any("taken before the BNNeck as asked" in n for n in extractor.notes)
+    config = tmp_path / "spec.yaml"  # a config that says before, and the choice before: no disagreement
+    config.write_text("model:\n  neck_feat: before\n")
+    assert not any("neck_feat" in n and "config" in n for n in load_for_embedding(path, config, neck_feat="before").notes)
+    with pytest.raises(ValueError, match="neck_feat must be one of"):
+        load_for_embedding(path, neck_feat="middle")
+
+
 def test_solider_reid_checkpoint_needs_a_model_description(tmp_path, tiny_world):
     model, cfg = _model(seed=3, flip=False)
     path = tmp_path / "solider_reid.pth"

@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average each embedding with its mirror image's (default: as the checkpoint "
                              "records, model.with_flip_feature at training)")
+    parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
+                        help="the embedding before or after the BNNeck (default: the checkpoint's model.neck_feat; "
+                             "SOLIDER-REID tests before it, TAO after)")
     parser.add_argument("--re-ranking", action="store_true",
                         help="also report k-reciprocal re-ranking (as re_ranking.re_ranking=true)")
     parser.add_argument("--num-samples", type=int, default=8, metavar="N",
@@ -442,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         from soliderkit.finetune.extractor import config_given, load_for_cli  # imports the model code (timm)
 
         loaded = load_for_cli(checkpoint, cfg, config_given=config_given(args),
-                              allow_partial=args.allow_partial, config_key="checkpoint", flip=args.flip)
+                              allow_partial=args.allow_partial, config_key="checkpoint", flip=args.flip,
+                              neck_feat=args.neck_feat)
         model, pre = loaded.model.to(device), loaded.preprocessing
         # The saved config.yaml says what ran: the checkpoint's model section and preprocessing.
         cfg.model = loaded.model_config

@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of real images for the parity check (default: the config's query folder, "
                              "if any)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity check")
+    parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
+                        help="the embedding before or after the BNNeck (default: the checkpoint's model.neck_feat; "
+                             "SOLIDER-REID tests before it, TAO after)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load a checkpoint whose keys do not all match (missing/unexpected keys are listed)")
     args = parser.parse_args(argv)
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     from soliderkit.finetune.extractor import config_given, load_for_cli  # after argument checks: imports timm
 
     loaded = load_for_cli(checkpoint, cfg, config_given=config_given(args),
-                          allow_partial=args.allow_partial, config_key="export.checkpoint")
+                          allow_partial=args.allow_partial, config_key="export.checkpoint",
+                          neck_feat=args.neck_feat)
     model, model_cfg, pre = loaded.model, loaded.model_config, loaded.preprocessing
     size, mean, std = pre.input_size, list(pre.pixel_mean), list(pre.pixel_std)
     print(f"exporting {loaded.checkpoint.name}: {pre.describe()} (flip averaging is not part of the graph)")

@@ -19,6 +19,7 @@ filter from ``config`` too (or the TAO defaults), with a note.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -87,15 +88,23 @@ def _as_sections(config) -> tuple[ModelConfig | None, DatasetConfig | None]:
 EMBEDDING_FIELDS = ("backbone", "neck", "neck_feat", "reduce_feat_dim", "feat_dim", "semantic_weight")
 
 
+NECK_FEATS = ("before", "after")
+
+
 def load_for_embedding(checkpoint: str | os.PathLike, config=None, *, allow_partial: bool = False,
-                       flip: bool | None = None, interpolation: str | None = None) -> LoadedModel:
+                       flip: bool | None = None, interpolation: str | None = None,
+                       neck_feat: str | None = None) -> LoadedModel:
     """Load a ReID checkpoint and the preprocessing it needs (see the module docstring).
 
     ``config`` describes foreign checkpoints and fills in what old toolkit checkpoints lack; for
     a toolkit checkpoint that records its preprocessing, settings of ``config`` that disagree are
-    named in ``notes`` and not used. ``flip`` / ``interpolation`` override the resolved values.
+    named in ``notes`` and not used. ``flip`` / ``interpolation`` override the resolved values;
+    ``neck_feat`` ("before" / "after") the BNNeck side the embedding is taken from (SOLIDER-REID's
+    ``TEST.NECK_FEAT``: a test-time choice, the weights are the same).
     Raises ``soliderkit.backbone.CheckpointError`` for unreadable or mismatched checkpoints.
     """
+    if neck_feat is not None and neck_feat not in NECK_FEATS:
+        raise ValueError(f"neck_feat must be one of {list(NECK_FEATS)}, got {neck_feat!r}")
     path = resolve_checkpoint(checkpoint)
     model_section, dataset_section = _as_sections(config)
     model, model_cfg, info = load_reid_model(path, model_section, allow_partial=allow_partial)
@@ -115,7 +124,13 @@ def load_for_embedding(checkpoint: str | os.PathLike, config=None, *, allow_part
     if model_section is not None and model_cfg is not model_section:  # the checkpoint rebuilt itself
         notes += [f"the checkpoint's model.{key} {_show(getattr(model_cfg, key))} is used, not the config's "
                   f"{_show(getattr(model_section, key))}" for key in EMBEDDING_FIELDS
-                  if getattr(model_cfg, key) != getattr(model_section, key)]
+                  if getattr(model_cfg, key) != getattr(model_section, key)
+                  and not (key == "neck_feat" and neck_feat is not None)]
+    if neck_feat is not None and neck_feat != model_cfg.neck_feat:
+        notes.append(f"the embedding is taken {neck_feat} the BNNeck as asked, not {model_cfg.neck_feat} "
+                     "as the checkpoint's model.neck_feat says")
+        model.neck_feat = neck_feat
+        model_cfg = dataclasses.replace(model_cfg, neck_feat=neck_feat)
     backbone = model.backbone
     pre = pre.replace(flip=flip, interpolation=interpolation,
                       semantic_weight=backbone.semantic_weight if backbone.controller is not None else None)
@@ -131,13 +146,13 @@ def config_given(args) -> bool:
 
 
 def load_for_cli(checkpoint: str | os.PathLike, cfg: FinetuneConfig, *, config_given: bool, config_key: str,
-                 allow_partial: bool = False, flip: bool | None = None) -> LoadedModel:
+                 allow_partial: bool = False, flip: bool | None = None, neck_feat: str | None = None) -> LoadedModel:
     """:func:`load_for_embedding` for the command-line tools: ``cfg`` is used only when the user gave
     a config or overrides (``config_given``); a bad checkpoint exits with one line naming
     ``config_key``; the key report of a partial load and the notes are printed."""
     try:
         loaded = load_for_embedding(checkpoint, cfg if config_given else None, allow_partial=allow_partial,
-                                    flip=flip)
+                                    flip=flip, neck_feat=neck_feat)
     except CheckpointError as exc:
         raise SystemExit(f"{config_key}: {exc}") from None
     if loaded.info.get("load_report"):
@@ -185,6 +200,7 @@ class FeatureExtractor:
     ``FinetuneConfig`` or a ``ModelConfig``); ``device`` ("cpu", "cuda", "cuda:1", a
     ``torch.device``; default CUDA when available); ``batch_size``; ``num_workers`` (image
     loading processes; 0 = in this process); ``flip`` (override the stored flip averaging);
+    ``neck_feat`` ("before" / "after": the BNNeck side of the embedding, default the checkpoint's);
     ``normalize``; ``progress`` (a progress bar per call); ``allow_partial`` (load a checkpoint
     whose keys do not all match).
 
@@ -194,10 +210,10 @@ class FeatureExtractor:
 
     def __init__(self, checkpoint: str | os.PathLike, config=None, *, device: str | torch.device | None = None,
                  batch_size: int = 32, num_workers: int = 0, flip: bool | None = None, normalize: bool = False,
-                 progress: bool = False, allow_partial: bool = False):
+                 progress: bool = False, allow_partial: bool = False, neck_feat: str | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        loaded = load_for_embedding(checkpoint, config, allow_partial=allow_partial, flip=flip)
+        loaded = load_for_embedding(checkpoint, config, allow_partial=allow_partial, flip=flip, neck_feat=neck_feat)
         for note in loaded.notes:
             log.warning("%s: %s", loaded.checkpoint, note)
         self.checkpoint = loaded.checkpoint

@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, help="data-loading workers (default: dataset.num_workers)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
+                        help="the embedding before or after the BNNeck (default: the checkpoint's model.neck_feat; "
+                             "SOLIDER-REID tests before it, TAO after)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="load a checkpoint whose keys do not all match (missing/unexpected keys are listed)")
     parser.add_argument("--skip-unreadable", action="store_true",
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     from soliderkit.finetune.extractor import config_given, load_for_cli
 
     loaded = load_for_cli(checkpoint, cfg, config_given=config_given(args),
-                          allow_partial=args.allow_partial, config_key="inference.checkpoint")
+                          allow_partial=args.allow_partial, config_key="inference.checkpoint",
+                          neck_feat=args.neck_feat)
     model = loaded.model
     print(f"embedding with {loaded.checkpoint.name}: {loaded.preprocessing.describe()}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
