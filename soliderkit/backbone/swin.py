@@ -48,11 +48,18 @@ class BackboneOutput(NamedTuple):
     feature_maps: list[torch.Tensor]  # one (B, C_i, H_i, W_i) map per requested stage
 
 
-# Shifted-window masks depend only on the padded map size, the window and the shift: every
-# shifted block of a stage (and every step) reuses one, built on first use. Bounded so that a
-# model fed many input sizes cannot grow it without end.
+# Shifted-window masks (and the packed attention's window plans, below) depend only on the map
+# size, the window and the shift: every block of a stage (and every step) reuses one, built on
+# first use. Bounded so that a model fed many input sizes cannot grow them without end.
 _SHIFT_MASKS: dict[tuple, torch.Tensor] = {}
-_SHIFT_MASKS_MAX = 64
+_CACHE_MAX = 64
+
+
+def _remember(cache: dict, key: tuple, value) -> None:
+    """Insert into a per-input-size cache, dropping the oldest entry beyond ``_CACHE_MAX``."""
+    if len(cache) >= _CACHE_MAX:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 def shifted_window_mask(block: SwinTransformerBlock, padded: torch.Tensor) -> torch.Tensor:
@@ -68,9 +75,7 @@ def shifted_window_mask(block: SwinTransformerBlock, padded: torch.Tensor) -> to
         # A plain tensor even when first built under inference_mode (evaluation before training).
         with torch.inference_mode(False), torch.no_grad():
             mask = block.get_attn_mask(padded)
-        if len(_SHIFT_MASKS) >= _SHIFT_MASKS_MAX:
-            _SHIFT_MASKS.pop(next(iter(_SHIFT_MASKS)))
-        _SHIFT_MASKS[key] = mask
+        _remember(_SHIFT_MASKS, key, mask)
     return mask
 
 
@@ -221,9 +226,7 @@ def _cached_window_plan(height: int, width: int, window: tuple[int, int], shift:
     if plan is None:
         with torch.inference_mode(False):
             plan = _build_window_plan(height, width, window, shift, device)
-        if len(_WINDOW_PLANS) >= _SHIFT_MASKS_MAX:
-            _WINDOW_PLANS.pop(next(iter(_WINDOW_PLANS)))
-        _WINDOW_PLANS[key] = plan
+        _remember(_WINDOW_PLANS, key, plan)
     return plan
 
 

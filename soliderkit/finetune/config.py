@@ -7,11 +7,24 @@ accepted with a one-line notice (``no_effect``). Fields TAO lacks are marked ``E
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from soliderkit.backbone.registry import INPUT_MULTIPLE, ArchName
 from soliderkit.config import option, require
+
+# Which side of the BNNeck the test-time embedding is taken from (model.neck_feat, --neck-feat).
+NeckFeat = Literal["before", "after"]
+NECK_FEATS: tuple[str, ...] = get_args(NeckFeat)
+
+
+def add_neck_feat_argument(parser: argparse.ArgumentParser) -> None:
+    """``--neck-feat`` of the tools that embed with a checkpoint (evaluate, inference, export)."""
+    parser.add_argument("--neck-feat", choices=NECK_FEATS, default=None,
+                        help="the embedding before or after the BNNeck (default: the checkpoint's model.neck_feat; "
+                             "SOLIDER-REID tests before it, TAO after)")
+
 
 _TAO_COMPAT = "accepted for TAO spec compatibility"
 _LAUNCHER = "processes and GPUs come from `accelerate launch` (--num_processes, --gpu_ids, --num_machines)"
@@ -61,7 +74,7 @@ class ModelConfig:
     neck: Literal["bnneck", "no"] = option("bnneck")
     feat_dim: int = option(256)  # embedding size after the reduction layer (when reduce_feat_dim)
     # embedding returned at test time: before or after the BN neck
-    neck_feat: Literal["before", "after"] = option("after")
+    neck_feat: NeckFeat = option("after")
     # metric-learning loss(es) added to the ID loss
     metric_loss_type: Literal["triplet", "center", "triplet_center"] = option("triplet")
     with_center_loss: bool = option(False)  # add a center loss (metric_loss_type center/triplet_center)

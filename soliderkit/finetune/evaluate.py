@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from soliderkit.cli import HelpFormatter
 from soliderkit.config import parse_config_from_args, save_resolved_config
-from soliderkit.finetune.config import FinetuneConfig
+from soliderkit.finetune.config import FinetuneConfig, add_neck_feat_argument
 from soliderkit.io import atomic_write_json, atomic_write_text, check_writable, refuse_or_move_aside
 from soliderkit.reid.color_histogram import color_histogram_features
 from soliderkit.reid.datasets import DISTRACTOR_PID, DatasetError, ImageRecord, parse_msmt17, read_market_folder
@@ -100,9 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="average each embedding with its mirror image's (default: as the checkpoint "
                              "records, model.with_flip_feature at training)")
-    parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
-                        help="the embedding before or after the BNNeck (default: the checkpoint's model.neck_feat; "
-                             "SOLIDER-REID tests before it, TAO after)")
+    add_neck_feat_argument(parser)
     parser.add_argument("--re-ranking", action="store_true",
                         help="also report k-reciprocal re-ranking (as re_ranking.re_ranking=true)")
     parser.add_argument("--num-samples", type=int, default=8, metavar="N",

@@ -44,7 +44,7 @@ from torch import nn
 
 from soliderkit.cli import HelpFormatter
 from soliderkit.config import add_config_args, parse_config_from_args
-from soliderkit.finetune.config import FinetuneConfig
+from soliderkit.finetune.config import FinetuneConfig, add_neck_feat_argument
 from soliderkit.io import atomic_path, atomic_write_text, check_writable, refuse_or_move_aside
 
 INPUT_NAME = "input"
@@ -254,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of real images for the parity check (default: the config's query folder, "
                              "if any)")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime parity check")
-    parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
-                        help="the embedding before or after the BNNeck (default: the checkpoint's model.neck_feat; "
-                             "SOLIDER-REID tests before it, TAO after)")
+    add_neck_feat_argument(parser)
     parser.add_argument("--allow-partial", action="store_true",
                         help="load a checkpoint whose keys do not all match (missing/unexpected keys are listed)")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from soliderkit.backbone import CheckpointError
 from soliderkit.config import ConfigError, load_config
-from soliderkit.finetune.config import DatasetConfig, FinetuneConfig, ModelConfig
+from soliderkit.finetune.config import NECK_FEATS, DatasetConfig, FinetuneConfig, ModelConfig
 from soliderkit.finetune.model import MODEL_FORMAT, ReidModel, load_reid_model, preprocessing_for
 from soliderkit.reid.embedding import PREPROCESSING_KEY, ImageInputs, Preprocessing, iter_embeddings
 
@@ -86,9 +86,6 @@ def _as_sections(config) -> tuple[ModelConfig | None, DatasetConfig | None]:
 # Model fields that change a toolkit checkpoint's embedding; the checkpoint's own values are used
 # (it records its model section), so a config that says otherwise gets a note, not silence.
 EMBEDDING_FIELDS = ("backbone", "neck", "neck_feat", "reduce_feat_dim", "feat_dim", "semantic_weight")
-
-
-NECK_FEATS = ("before", "after")
 
 
 def load_for_embedding(checkpoint: str | os.PathLike, config=None, *, allow_partial: bool = False,

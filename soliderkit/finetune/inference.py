@@ -40,7 +40,7 @@ import numpy as np
 
 from soliderkit.cli import HelpFormatter
 from soliderkit.config import add_config_args, parse_config_from_args
-from soliderkit.finetune.config import FinetuneConfig
+from soliderkit.finetune.config import FinetuneConfig, add_neck_feat_argument
 from soliderkit.io import atomic_path, atomic_write_json, check_writable, refuse_or_move_aside
 from soliderkit.reid.image_check import readable_only
 
@@ -189,9 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, help="data-loading workers (default: dataset.num_workers)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--neck-feat", choices=("before", "after"), default=None,
-                        help="the embedding before or after the BNNeck (default: the checkpoint's model.neck_feat; "
-                             "SOLIDER-REID tests before it, TAO after)")
+    add_neck_feat_argument(parser)
     parser.add_argument("--allow-partial", action="store_true",
                         help="load a checkpoint whose keys do not all match (missing/unexpected keys are listed)")
     parser.add_argument("--skip-unreadable", action="store_true",
